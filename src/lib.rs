@@ -1,0 +1,9 @@
+//! selfheal-exporter: measures how well Kubernetes workloads heal themselves.
+//!
+//! Data flows one way: the watch stream ([`watch`]) feeds the pure [`observer`], whose
+//! observations update the Prometheus [`metrics`], served by [`admin`].
+
+pub mod kube_types;
+pub mod observer;
+pub mod quantity;
+pub mod workload;

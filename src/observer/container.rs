@@ -1,0 +1,297 @@
+//! One container's history as the kubelet reports it: deaths, restarts, recovery.
+//!
+//! The kubelet shows one death in up to three successive status updates (terminated,
+//! waiting with lastState, running with lastState), and watch reconnects deliver the same
+//! status again. A tracker therefore remembers the deaths it has already counted, keyed
+//! by the dead instance's container ID and finish time, and the last restartCount, and
+//! turns each status into only what is new.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::cause::Cause;
+use super::{Anomaly, Observation, PodContext, Sink};
+use crate::kube_types::{ContainerStatus, StateTerminated};
+
+/// A death the tracker has counted (or taken as baseline).
+#[derive(Debug)]
+struct Death {
+    key: u64,
+    finished_at: Option<Timestamp>,
+    cause: Cause,
+    /// While set, a kubelet `Killing` Event may still turn `cause` into a probe kill;
+    /// restarts and recoveries caused by this death wait until then.
+    undecided_until: Option<Timestamp>,
+    held_restarts: u64,
+    held_recovery_seconds: Option<f64>,
+}
+
+#[derive(Debug)]
+pub struct ContainerTracker {
+    pub name: Arc<str>,
+    restart_count: i64,
+    /// The two most recent deaths: the kubelet shows at most two (state and lastState).
+    deaths: [Option<Death>; 2],
+    /// A death or restart was counted and the container has not been ready since.
+    awaiting_recovery: bool,
+    crashlooping: Option<bool>,
+}
+
+impl ContainerTracker {
+    pub fn new(name: Arc<str>) -> Self {
+        ContainerTracker {
+            name,
+            restart_count: 0,
+            deaths: [None, None],
+            awaiting_recovery: false,
+            crashlooping: None,
+        }
+    }
+
+    /// Folds one container status into the tracker. With `ctx.news` false the status is
+    /// the baseline: remembered, but nothing is counted.
+    pub fn observe(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
+        // Older death first, so the ring ends with the most recent one.
+        if let Some(previous) = &status.last_state.terminated {
+            self.see_death(previous, ctx, sink);
+        }
+        if let Some(current) = &status.state.terminated {
+            self.see_death(current, ctx, sink);
+        }
+        self.see_restart_count(status, ctx, sink);
+        self.see_crashloop(status, ctx, sink);
+        if self.awaiting_recovery && status.ready && status.state.running.is_some() {
+            self.awaiting_recovery = false;
+            self.see_recovery(status, ctx, sink);
+        }
+    }
+
+    fn see_death(&mut self, terminated: &StateTerminated, ctx: &PodContext, sink: &mut Sink) {
+        let key = death_key(terminated);
+        if self.find_death(key).is_some() {
+            return;
+        }
+        let finished_at = sink.parse_time(terminated.finished_at.as_deref());
+        if terminated.container_id.is_none() && finished_at.is_none() {
+            sink.anomaly(Anomaly::MissingField);
+        }
+        let cause = sink.cause_of(terminated.reason.as_deref());
+        let mut death = Death {
+            key,
+            finished_at,
+            cause,
+            undecided_until: None,
+            held_restarts: 0,
+            held_recovery_seconds: None,
+        };
+        if cause.may_be_probe_kill() {
+            let finished = finished_at.unwrap_or(ctx.now);
+            match sink
+                .kills
+                .take_match(&ctx.pod_uid, &self.name, finished, ctx.grace)
+            {
+                Some(kill) => death.cause = kill.cause(),
+                None => {
+                    let deadline = ctx.now + sink.attribution_wait;
+                    death.undecided_until = Some(deadline);
+                    sink.deadlines
+                        .push_back((deadline, ctx.pod_uid.clone(), self.name.clone()));
+                }
+            }
+        }
+        if ctx.news {
+            self.awaiting_recovery = true;
+            sink.out.push(Observation::Died {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                cause,
+                exit_code: terminated.exit_code,
+            });
+        } else {
+            sink.out.push(Observation::LastExitCode {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                exit_code: terminated.exit_code,
+            });
+        }
+        self.deaths.rotate_left(1);
+        self.deaths[1] = Some(death);
+    }
+
+    fn see_restart_count(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
+        let count = status.restart_count;
+        if count < 0 {
+            sink.anomaly(Anomaly::InvalidRestartCount);
+            return;
+        }
+        let previous = std::mem::replace(&mut self.restart_count, count);
+        if !ctx.news || count == previous {
+            return;
+        }
+        if count < previous {
+            // restartCount never decreases for one pod UID; trust the new value.
+            sink.anomaly(Anomaly::InvalidRestartCount);
+            return;
+        }
+        self.awaiting_recovery = true;
+        let mut unexplained = count - previous;
+        let caused_by = status
+            .last_state
+            .terminated
+            .as_ref()
+            .map(death_key)
+            .and_then(|key| find_death_mut(&mut self.deaths, key));
+        if let Some(death) = caused_by {
+            unexplained -= 1;
+            if death.undecided_until.is_some() {
+                death.held_restarts += 1;
+            } else {
+                sink.out.push(Observation::Restarted {
+                    workload: ctx.workload.clone(),
+                    container: self.name.clone(),
+                    cause: death.cause,
+                    count: 1,
+                });
+            }
+        }
+        if unexplained > 0 {
+            sink.out.push(Observation::Restarted {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                cause: Cause::Unknown,
+                count: unexplained as u64,
+            });
+        }
+    }
+
+    fn see_crashloop(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
+        let active = status
+            .state
+            .waiting
+            .as_ref()
+            .and_then(|waiting| waiting.reason.as_deref())
+            == Some("CrashLoopBackOff");
+        if self.crashlooping != Some(active) {
+            self.crashlooping = Some(active);
+            sink.out.push(Observation::CrashLooping {
+                workload: ctx.workload.clone(),
+                pod: ctx.pod_name.clone(),
+                container: self.name.clone(),
+                active,
+            });
+        }
+    }
+
+    fn see_recovery(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
+        // The death that this ready instance recovers from is the one in lastState.
+        let Some(terminated) = &status.last_state.terminated else {
+            return;
+        };
+        let key = death_key(terminated);
+        let Some(death) = find_death_mut(&mut self.deaths, key) else {
+            return;
+        };
+        let Some(finished_at) = death.finished_at else {
+            return;
+        };
+        let mut seconds = ctx.now.duration_since(finished_at).as_secs_f64();
+        if seconds < 0.0 {
+            // The node's clock is ahead of ours: clamp rather than export a negative.
+            sink.anomaly(Anomaly::ClockSkew);
+            seconds = 0.0;
+        }
+        if death.undecided_until.is_some() {
+            death.held_recovery_seconds = Some(seconds);
+        } else {
+            sink.out.push(Observation::Recovered {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                cause: death.cause,
+                seconds,
+            });
+        }
+    }
+
+    /// Settles the cause of undecided deaths: as the probe kill `kill` says, or, when
+    /// `kill` is None, as the kubelet reported it if the wait is over at `now`.
+    /// Emits what was held back.
+    pub fn decide(&mut self, decision: Decision, ctx: &PodContext, sink: &mut Sink) -> bool {
+        let mut decided = false;
+        let name = self.name.clone();
+        for death in self.deaths.iter_mut().flatten() {
+            let Some(deadline) = death.undecided_until else {
+                continue;
+            };
+            match decision {
+                Decision::ProbeKill { kill, killed_at } => {
+                    let finished = death.finished_at.unwrap_or(ctx.now);
+                    if decided || !super::attribution::explains(killed_at, finished, ctx.grace) {
+                        continue;
+                    }
+                    death.cause = kill.cause();
+                }
+                Decision::Timeout => {
+                    if deadline > ctx.now {
+                        continue;
+                    }
+                }
+                Decision::Flush => {}
+            }
+            decided = true;
+            death.undecided_until = None;
+            if death.held_restarts > 0 {
+                sink.out.push(Observation::Restarted {
+                    workload: ctx.workload.clone(),
+                    container: name.clone(),
+                    cause: death.cause,
+                    count: std::mem::take(&mut death.held_restarts),
+                });
+            }
+            if let Some(seconds) = death.held_recovery_seconds.take() {
+                sink.out.push(Observation::Recovered {
+                    workload: ctx.workload.clone(),
+                    container: name.clone(),
+                    cause: death.cause,
+                    seconds,
+                });
+            }
+        }
+        decided
+    }
+
+    fn find_death(&self, key: u64) -> Option<&Death> {
+        self.deaths.iter().flatten().find(|death| death.key == key)
+    }
+}
+
+fn find_death_mut(deaths: &mut [Option<Death>; 2], key: u64) -> Option<&mut Death> {
+    deaths.iter_mut().flatten().find(|death| death.key == key)
+}
+
+/// How `ContainerTracker::decide` settles undecided causes.
+#[derive(Clone, Copy, Debug)]
+pub enum Decision {
+    /// A kubelet Event says the container was killed by a probe at `killed_at`.
+    ProbeKill {
+        kill: super::cause::ProbeKill,
+        killed_at: Timestamp,
+    },
+    /// No Event came in time: causes whose wait is over stay as the kubelet reported them.
+    Timeout,
+    /// The pod is gone: emit everything held, as reported.
+    Flush,
+}
+
+/// Identifies one death: the dead instance's container ID and its finish time (plus
+/// reason and exit code, so that a death without either still gets a stable key).
+fn death_key(terminated: &StateTerminated) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    terminated.container_id.hash(&mut hasher);
+    terminated.finished_at.hash(&mut hasher);
+    terminated.reason.hash(&mut hasher);
+    terminated.exit_code.hash(&mut hasher);
+    hasher.finish()
+}

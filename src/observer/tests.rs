@@ -1,0 +1,656 @@
+//! Unit tests of the observer rules, replaying kubelet timelines with `mk_*` helpers.
+
+use super::*;
+use crate::kube_types::{
+    ContainerSpec, ContainerState, ContainerStatus, InvolvedObject, PodCondition, StateRunning,
+    StateTerminated, StateWaiting,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+fn t(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + secs).expect("valid time")
+}
+
+fn ts(secs: i64) -> Option<String> {
+    Some(t(secs).to_string())
+}
+
+fn mk_pod(name: &str, uid: &str) -> SlimPod {
+    let mut pod = SlimPod::default();
+    pod.metadata = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("grade-submission".into()),
+        uid: Some(uid.into()),
+        ..ObjectMeta::default()
+    };
+    let mut container = ContainerSpec {
+        name: "api".into(),
+        ..ContainerSpec::default()
+    };
+    container.resources.limits.memory = Some("48Mi".into());
+    pod.spec.containers.push(container);
+    pod
+}
+
+fn mk_deployment_pod(name: &str, uid: &str) -> SlimPod {
+    let mut pod = mk_pod(name, uid);
+    pod.metadata.labels = Some([("pod-template-hash".to_owned(), "5d8f".to_owned())].into());
+    pod.metadata.owner_references = Some(vec![OwnerReference {
+        kind: "ReplicaSet".into(),
+        name: "web-5d8f".into(),
+        controller: Some(true),
+        ..OwnerReference::default()
+    }]);
+    pod
+}
+
+fn with(mut pod: SlimPod, status: ContainerStatus) -> SlimPod {
+    let ready = status.ready;
+    pod.status.container_statuses = vec![status];
+    pod.status.conditions = vec![PodCondition {
+        type_: "Ready".into(),
+        status: if ready { "True" } else { "False" }.into(),
+    }];
+    pod
+}
+
+fn death(reason: &str, exit_code: i32, instance: &str, at: i64) -> StateTerminated {
+    StateTerminated {
+        reason: Some(reason.into()),
+        exit_code,
+        finished_at: ts(at),
+        container_id: Some(format!("containerd://{instance}")),
+    }
+}
+
+fn running(restarts: i64, ready: bool, last: Option<StateTerminated>) -> ContainerStatus {
+    ContainerStatus {
+        name: "api".into(),
+        ready,
+        restart_count: restarts,
+        container_id: Some(format!("containerd://run-{restarts}")),
+        state: ContainerState {
+            running: Some(StateRunning { started_at: ts(0) }),
+            ..ContainerState::default()
+        },
+        last_state: ContainerState {
+            terminated: last,
+            ..ContainerState::default()
+        },
+    }
+}
+
+fn terminated(
+    restarts: i64,
+    now: StateTerminated,
+    last: Option<StateTerminated>,
+) -> ContainerStatus {
+    ContainerStatus {
+        name: "api".into(),
+        ready: false,
+        restart_count: restarts,
+        container_id: now.container_id.clone(),
+        state: ContainerState {
+            terminated: Some(now),
+            ..ContainerState::default()
+        },
+        last_state: ContainerState {
+            terminated: last,
+            ..ContainerState::default()
+        },
+    }
+}
+
+fn crashloop(restarts: i64, last: StateTerminated) -> ContainerStatus {
+    ContainerStatus {
+        name: "api".into(),
+        ready: false,
+        restart_count: restarts,
+        container_id: None,
+        state: ContainerState {
+            waiting: Some(StateWaiting {
+                reason: Some("CrashLoopBackOff".into()),
+            }),
+            ..ContainerState::default()
+        },
+        last_state: ContainerState {
+            terminated: Some(last),
+            ..ContainerState::default()
+        },
+    }
+}
+
+fn liveness_kill(pod_uid: &str, event_uid: &str, count: i64, at: i64) -> SlimEvent {
+    SlimEvent {
+        metadata: ObjectMeta {
+            uid: Some(event_uid.into()),
+            name: Some(format!("ev-{event_uid}")),
+            ..ObjectMeta::default()
+        },
+        involved_object: InvolvedObject {
+            kind: Some("Pod".into()),
+            uid: Some(pod_uid.into()),
+            field_path: Some("spec.containers{api}".into()),
+            ..InvolvedObject::default()
+        },
+        reason: Some("Killing".into()),
+        message: Some("Container api failed liveness probe, will be restarted".into()),
+        count: Some(count),
+        last_timestamp: ts(at),
+        ..SlimEvent::default()
+    }
+}
+
+/// An observer with a record of everything it said.
+struct Harness {
+    observer: Observer,
+    out: Vec<Observation>,
+}
+
+impl Harness {
+    /// An observer whose baseline (initial list) held `pods`.
+    fn synced_with(pods: &[SlimPod]) -> Self {
+        let mut harness = Harness {
+            observer: Observer::new(ObserverConfig::default()),
+            out: Vec::new(),
+        };
+        harness.relist(pods, 0);
+        harness
+    }
+
+    fn relist(&mut self, pods: &[SlimPod], at: i64) {
+        self.observer.begin_relist();
+        for pod in pods {
+            self.observer.apply_pod(pod, t(at), &mut self.out);
+        }
+        self.observer.end_relist(t(at), &mut self.out);
+    }
+
+    fn apply(&mut self, pod: &SlimPod, at: i64) {
+        self.observer.apply_pod(pod, t(at), &mut self.out);
+    }
+
+    fn event(&mut self, event: &SlimEvent, at: i64) {
+        self.observer.apply_event(event, t(at), &mut self.out);
+    }
+
+    fn tick(&mut self, at: i64) {
+        self.observer.tick(t(at), &mut self.out);
+    }
+
+    fn take(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.out)
+    }
+}
+
+fn restarts(out: &[Observation]) -> Vec<(Cause, u64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Restarted { cause, count, .. } => Some((*cause, *count)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn deaths(out: &[Observation]) -> Vec<(Cause, i32)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Died {
+                cause, exit_code, ..
+            } => Some((*cause, *exit_code)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn recoveries(out: &[Observation]) -> Vec<(Cause, f64)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Recovered { cause, seconds, .. } => Some((*cause, *seconds)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn crashloop_states(out: &[Observation]) -> Vec<bool> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::CrashLooping { active, .. } => Some(*active),
+            _ => None,
+        })
+        .collect()
+}
+
+fn anomalies(out: &[Observation]) -> Vec<Anomaly> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Anomaly(a) => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn downtime(out: &[Observation]) -> f64 {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Unavailable { seconds, .. } => Some(*seconds),
+            _ => None,
+        })
+        .sum()
+}
+
+/// The experiment: the bare pod is OOMKilled twice; the second time the kubelet backs off.
+#[test]
+fn experiment_timeline_counts_two_oomkills_and_two_recoveries() {
+    let pod = || mk_pod("grade-submission-api", "uid-1");
+    let mut h = Harness::synced_with(&[with(pod(), running(0, true, None))]);
+    let baseline = h.take();
+    assert!(baseline.contains(&Observation::ContainerSeen {
+        workload: Arc::new(Workload {
+            namespace: "grade-submission".into(),
+            kind: "Pod".into(),
+            name: "grade-submission-api".into(),
+        }),
+        container: Arc::from("api"),
+        memory_limit_bytes: Some(48 * 1024 * 1024),
+    }));
+    assert!(deaths(&baseline).is_empty() && restarts(&baseline).is_empty());
+
+    // First OOMKill: terminated, restarted at once (running, restartCount 1), ready.
+    let d1 = death("OOMKilled", 137, "c0", 100);
+    h.apply(&with(pod(), terminated(0, d1.clone(), None)), 100);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::OOMKilled, 137)]);
+    assert!(restarts(&out).is_empty(), "restartCount has not moved yet");
+    h.apply(&with(pod(), running(1, false, Some(d1.clone()))), 101);
+    assert_eq!(restarts(&h.take()), vec![(Cause::OOMKilled, 1)]);
+    h.apply(&with(pod(), running(1, true, Some(d1.clone()))), 103);
+    assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 3.0)]);
+
+    // Second OOMKill: terminated, CrashLoopBackOff, running, ready.
+    let d2 = death("OOMKilled", 137, "c1", 200);
+    h.apply(&with(pod(), terminated(1, d2.clone(), Some(d1))), 200);
+    assert_eq!(deaths(&h.take()), vec![(Cause::OOMKilled, 137)]);
+    h.apply(&with(pod(), crashloop(1, d2.clone())), 201);
+    let out = h.take();
+    assert_eq!(crashloop_states(&out), vec![true]);
+    assert!(deaths(&out).is_empty() && restarts(&out).is_empty());
+    h.apply(&with(pod(), running(2, false, Some(d2.clone()))), 210);
+    let out = h.take();
+    assert_eq!(restarts(&out), vec![(Cause::OOMKilled, 1)]);
+    assert_eq!(crashloop_states(&out), vec![false]);
+    h.apply(&with(pod(), running(2, true, Some(d2))), 215);
+    assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 15.0)]);
+}
+
+#[test]
+fn the_same_object_again_or_a_relist_changes_nothing() {
+    let d1 = death("OOMKilled", 137, "c0", 100);
+    let pod = with(mk_pod("p", "u"), running(1, true, Some(d1.clone())));
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.apply(&with(mk_pod("p", "u"), terminated(0, d1, None)), 100);
+    h.apply(&pod, 105);
+    let first = h.take();
+    assert_eq!(deaths(&first).len(), 1);
+    assert_eq!(restarts(&first).len(), 1);
+    assert_eq!(recoveries(&first).len(), 1);
+    h.apply(&pod, 106);
+    h.apply(&pod, 107);
+    h.relist(std::slice::from_ref(&pod), 110);
+    h.tick(200);
+    let again = h.take();
+    assert!(deaths(&again).is_empty(), "{again:?}");
+    assert!(restarts(&again).is_empty());
+    assert!(recoveries(&again).is_empty());
+}
+
+#[test]
+fn the_initial_list_is_baseline_not_news() {
+    let d1 = death("OOMKilled", 137, "c0", 50);
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(3, true, Some(d1)))]);
+    let out = h.take();
+    assert!(deaths(&out).is_empty());
+    assert!(restarts(&out).is_empty());
+    assert!(recoveries(&out).is_empty());
+    assert!(out.contains(&Observation::LastExitCode {
+        workload: Arc::new(workload_of("grade-submission", "p", &ObjectMeta::default())),
+        container: Arc::from("api"),
+        exit_code: 137,
+    }));
+    assert!(h.observer.is_synced());
+}
+
+#[test]
+fn a_pod_first_seen_later_is_news_from_its_creation() {
+    let mut h = Harness::synced_with(&[]);
+    let d = death("OOMKilled", 137, "c1", 50);
+    h.apply(&with(mk_pod("p", "u"), running(2, true, Some(d))), 60);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::OOMKilled, 137)]);
+    assert_eq!(
+        restarts(&out),
+        vec![(Cause::OOMKilled, 1), (Cause::Unknown, 1)]
+    );
+    assert_eq!(recoveries(&out), vec![(Cause::OOMKilled, 10.0)]);
+}
+
+#[test]
+fn a_pod_first_seen_in_a_later_relist_is_news_and_missing_pods_are_forgotten() {
+    let old = with(mk_pod("old", "u-old"), running(0, true, None));
+    let mut h = Harness::synced_with(&[old]);
+    h.take();
+    let d = death("Error", 1, "c1", 50);
+    let new = with(mk_pod("new", "u-new"), crashloop(0, d));
+    h.relist(&[new], 60);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::Error, 1)]);
+    assert!(out.iter().any(|o| matches!(o,
+        Observation::PodForgotten { pod, .. } if &**pod == "old")));
+    assert_eq!(h.observer.pod_count(), 1);
+}
+
+#[test]
+fn a_restart_count_jump_counts_every_restart_and_only_the_last_has_a_cause() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.take();
+    let d = death("OOMKilled", 137, "c3", 100);
+    h.apply(&with(mk_pod("p", "u"), running(3, true, Some(d))), 110);
+    let out = h.take();
+    assert_eq!(
+        restarts(&out),
+        vec![(Cause::OOMKilled, 1), (Cause::Unknown, 2)]
+    );
+    let total: u64 = restarts(&out).iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 3);
+}
+
+#[test]
+fn an_oomkill_counts_even_when_the_container_never_restarts() {
+    let mut pod = mk_pod("job-pod", "u");
+    pod.spec.restart_policy = Some("Never".into());
+    let mut h = Harness::synced_with(&[with(pod.clone(), running(0, true, None))]);
+    h.take();
+    h.apply(
+        &with(
+            pod.clone(),
+            terminated(0, death("OOMKilled", 137, "c0", 10), None),
+        ),
+        10,
+    );
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::OOMKilled, 137)]);
+    assert!(restarts(&out).is_empty());
+}
+
+#[test]
+fn a_liveness_kill_is_attributed_when_the_event_comes_first() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.event(&liveness_kill("u", "e1", 1, 100), 100);
+    let d = death("Error", 137, "c0", 101);
+    h.apply(&with(mk_pod("p", "u"), running(1, true, Some(d))), 102);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::Error, 137)]);
+    assert_eq!(restarts(&out), vec![(Cause::LivenessProbeFailed, 1)]);
+    assert_eq!(recoveries(&out), vec![(Cause::LivenessProbeFailed, 1.0)]);
+}
+
+#[test]
+fn a_liveness_kill_is_attributed_when_the_event_comes_second() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let d = death("Completed", 0, "c0", 101);
+    h.apply(&with(mk_pod("p", "u"), running(1, true, Some(d))), 102);
+    let out = h.take();
+    assert!(
+        restarts(&out).is_empty(),
+        "held until the Event or the wait ends"
+    );
+    h.event(&liveness_kill("u", "e1", 1, 100), 103);
+    let out = h.take();
+    assert_eq!(restarts(&out), vec![(Cause::LivenessProbeFailed, 1)]);
+    assert_eq!(recoveries(&out), vec![(Cause::LivenessProbeFailed, 1.0)]);
+    // The redelivered Event (a relist of events) attributes nothing else.
+    h.event(&liveness_kill("u", "e1", 1, 100), 104);
+    h.tick(200);
+    assert!(restarts(&h.take()).is_empty());
+}
+
+#[test]
+fn without_an_event_the_kubelet_reason_stands_after_the_wait() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let d = death("Error", 1, "c0", 100);
+    h.apply(&with(mk_pod("p", "u"), running(1, true, Some(d))), 101);
+    assert!(restarts(&h.take()).is_empty());
+    h.tick(105);
+    assert!(restarts(&h.take()).is_empty(), "the wait is 5 s from 101");
+    h.tick(106);
+    let out = h.take();
+    assert_eq!(restarts(&out), vec![(Cause::Error, 1)]);
+    assert_eq!(recoveries(&out), vec![(Cause::Error, 1.0)]);
+    // An Event arriving after the decision changes nothing.
+    h.event(&liveness_kill("u", "e1", 1, 99), 107);
+    assert!(restarts(&h.take()).is_empty());
+}
+
+#[test]
+fn a_deleted_pod_releases_held_restarts() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let pod = with(
+        mk_pod("p", "u"),
+        running(1, true, Some(death("Error", 2, "c0", 100))),
+    );
+    h.apply(&pod, 101);
+    h.take();
+    h.observer.delete_pod(&pod, t(102), &mut h.out);
+    assert_eq!(restarts(&h.take()), vec![(Cause::Error, 1)]);
+}
+
+#[test]
+fn a_later_event_occurrence_attributes_the_next_kill() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.event(&liveness_kill("u", "e1", 1, 100), 100);
+    let d1 = death("Error", 137, "c0", 100);
+    h.apply(
+        &with(mk_pod("p", "u"), running(1, true, Some(d1.clone()))),
+        101,
+    );
+    h.event(&liveness_kill("u", "e1", 2, 300), 300);
+    let d2 = death("Error", 137, "c1", 301);
+    h.apply(&with(mk_pod("p", "u"), running(2, true, Some(d2))), 302);
+    let out = h.take();
+    assert_eq!(
+        restarts(&out),
+        vec![
+            (Cause::LivenessProbeFailed, 1),
+            (Cause::LivenessProbeFailed, 1)
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_reason_is_unknown_and_counted() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.take();
+    let d = death("ContainerStatusUnknown", 137, "c0", 100);
+    h.apply(&with(mk_pod("p", "u"), terminated(0, d, None)), 100);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::Unknown, 137)]);
+    assert_eq!(anomalies(&out), vec![Anomaly::UnknownReason]);
+}
+
+#[test]
+fn clock_skew_is_clamped_and_counted() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.take();
+    // The node's clock is 30 s ahead: finishedAt lies in the daemon's future.
+    let d = death("OOMKilled", 137, "c0", 130);
+    h.apply(&with(mk_pod("p", "u"), running(1, true, Some(d))), 101);
+    let out = h.take();
+    assert_eq!(recoveries(&out), vec![(Cause::OOMKilled, 0.0)]);
+    assert!(anomalies(&out).contains(&Anomaly::ClockSkew));
+}
+
+#[test]
+fn malformed_input_is_survived_and_counted() {
+    let mut h = Harness::synced_with(&[]);
+    let mut nameless = mk_pod("p", "u");
+    nameless.metadata.uid = None;
+    h.apply(&nameless, 1);
+    assert_eq!(anomalies(&h.take()), vec![Anomaly::MissingField]);
+
+    let mut bad = mk_pod("p", "u");
+    bad.spec.containers[0].resources.limits.memory = Some("lots".into());
+    let mut d = death("OOMKilled", 137, "c0", 5);
+    d.finished_at = Some("yesterday".into());
+    h.apply(&with(bad, running(1, true, Some(d))), 10);
+    let out = h.take();
+    assert!(anomalies(&out).contains(&Anomaly::MalformedQuantity));
+    assert!(anomalies(&out).contains(&Anomaly::MalformedTimestamp));
+    assert_eq!(deaths(&out), vec![(Cause::OOMKilled, 137)]);
+    assert!(
+        recoveries(&out).is_empty(),
+        "no finish time, no recovery time"
+    );
+}
+
+#[test]
+fn crashloop_gauge_starts_at_zero_and_follows_the_waiting_reason() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    assert_eq!(crashloop_states(&h.take()), vec![false]);
+    let d = death("Error", 1, "c0", 10);
+    h.apply(&with(mk_pod("p", "u"), crashloop(0, d.clone())), 11);
+    h.apply(&with(mk_pod("p", "u"), crashloop(0, d.clone())), 12);
+    h.apply(&with(mk_pod("p", "u"), running(1, false, Some(d))), 20);
+    assert_eq!(crashloop_states(&h.take()), vec![true, false]);
+}
+
+#[test]
+fn evictions_count_once_and_not_in_the_baseline() {
+    let mut evicted = mk_pod("p", "u");
+    evicted.status.phase = Some("Failed".into());
+    evicted.status.reason = Some("Evicted".into());
+    let mut h = Harness::synced_with(std::slice::from_ref(&evicted));
+    h.apply(&evicted, 1);
+    assert!(
+        !h.take()
+            .iter()
+            .any(|o| matches!(o, Observation::Evicted { .. }))
+    );
+
+    let mut later = evicted.clone();
+    later.metadata.uid = Some("u2".into());
+    h.apply(&mk_pod("p", "u2"), 2);
+    h.apply(&later, 3);
+    h.apply(&later, 4);
+    let count = h
+        .take()
+        .iter()
+        .filter(|o| matches!(o, Observation::Evicted { .. }))
+        .count();
+    assert_eq!(count, 1);
+}
+
+#[test]
+fn downtime_counts_while_pods_exist_but_none_is_ready_after_being_ready() {
+    let ready = with(mk_pod("p", "u"), running(0, true, None));
+    let unready = with(mk_pod("p", "u"), running(0, false, None));
+    let mut h = Harness::synced_with(&[ready.clone()]);
+    h.apply(&unready, 10);
+    h.tick(11);
+    h.tick(15);
+    h.apply(&ready, 18);
+    h.tick(30);
+    assert_eq!(downtime(&h.take()), 8.0);
+
+    // Never ready: not downtime.
+    let mut h = Harness::synced_with(&[unready.clone()]);
+    h.tick(100);
+    assert_eq!(downtime(&h.take()), 0.0);
+}
+
+#[test]
+fn a_replaced_pod_keeps_its_workload_and_workloads_expire_after_retention() {
+    let mut h = Harness::synced_with(&[with(
+        mk_deployment_pod("web-5d8f-a", "ua"),
+        running(0, true, None),
+    )]);
+    h.take();
+    h.observer
+        .delete_pod(&mk_deployment_pod("web-5d8f-a", "ua"), t(10), &mut h.out);
+    h.apply(
+        &with(
+            mk_deployment_pod("web-5d8f-b", "ub"),
+            running(0, true, None),
+        ),
+        12,
+    );
+    let d = death("OOMKilled", 137, "c0", 20);
+    h.apply(
+        &with(
+            mk_deployment_pod("web-5d8f-b", "ub"),
+            terminated(0, d, None),
+        ),
+        20,
+    );
+    let out = h.take();
+    let workloads: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Died { workload, .. } => Some(workload.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(workloads, vec!["grade-submission/Deployment/web"]);
+    assert_eq!(h.observer.workload_count(), 1);
+
+    h.observer
+        .delete_pod(&mk_deployment_pod("web-5d8f-b", "ub"), t(100), &mut h.out);
+    h.tick(100 + 3599);
+    assert!(
+        !h.take()
+            .iter()
+            .any(|o| matches!(o, Observation::WorkloadExpired { .. }))
+    );
+    h.tick(100 + 3600);
+    assert!(
+        h.take()
+            .iter()
+            .any(|o| matches!(o, Observation::WorkloadExpired { .. }))
+    );
+    assert_eq!(h.observer.workload_count(), 0);
+}
+
+#[test]
+fn memory_limit_changes_are_reported() {
+    let mut h = Harness::synced_with(&[mk_pod("p", "u")]);
+    h.take();
+    let mut resized = mk_pod("p", "u");
+    resized.spec.containers[0].resources.limits.memory = Some("64Mi".into());
+    h.apply(&resized, 5);
+    h.apply(&resized, 6);
+    let seen: Vec<_> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Observation::ContainerSeen {
+                memory_limit_bytes, ..
+            } => memory_limit_bytes,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, vec![64 * 1024 * 1024]);
+    assert_eq!(h.observer.container_count(), 1);
+}
+
+#[test]
+fn event_parsing_finds_the_container() {
+    assert_eq!(container_of_field_path("spec.containers{api}"), Some("api"));
+    assert_eq!(
+        container_of_field_path("spec.initContainers{init}"),
+        Some("init")
+    );
+    assert_eq!(container_of_field_path("spec"), None);
+    assert_eq!(
+        container_of_message("Container api failed liveness probe, will be restarted"),
+        Some("api")
+    );
+}

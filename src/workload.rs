@@ -1,0 +1,156 @@
+//! Workload identity: which Deployment, StatefulSet, DaemonSet, CronJob, … a pod belongs to.
+//!
+//! Counters are kept per workload so that they survive pod replacement. The identity is
+//! derived from the pod alone (its controller ownerReference and labels), without extra
+//! API calls: a ReplicaSet named `<deployment>-<pod-template-hash>` belongs to that
+//! Deployment, and a Job named `<cronjob>-<scheduled minute>` to that CronJob.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+/// The workload a pod belongs to, as exported in the `namespace`, `workload_kind` and
+/// `workload` labels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.kind, self.name)
+    }
+}
+
+/// Derives the workload of a pod from its metadata. `pod_name` is the pod's name,
+/// used for bare pods.
+pub fn workload_of(namespace: &str, pod_name: &str, meta: &ObjectMeta) -> Workload {
+    let controller = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.controller == Some(true) && !owner.name.is_empty());
+    let (kind, name) = match controller {
+        None => ("Pod".to_owned(), pod_name.to_owned()),
+        Some(owner) => match owner.kind.as_str() {
+            "ReplicaSet" => {
+                let hash = meta
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get("pod-template-hash"));
+                match hash.and_then(|hash| strip_suffix(&owner.name, hash)) {
+                    Some(deployment) => ("Deployment".to_owned(), deployment.to_owned()),
+                    None => ("ReplicaSet".to_owned(), owner.name.clone()),
+                }
+            }
+            "Job" => match cronjob_of(&owner.name) {
+                Some(cronjob) => ("CronJob".to_owned(), cronjob.to_owned()),
+                None => ("Job".to_owned(), owner.name.clone()),
+            },
+            other => (other.to_owned(), owner.name.clone()),
+        },
+    };
+    Workload {
+        namespace: namespace.to_owned(),
+        kind,
+        name,
+    }
+}
+
+/// `name` without its `-<suffix>`, when it has one and something is left.
+fn strip_suffix<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
+    let base = name.strip_suffix(suffix)?.strip_suffix('-')?;
+    (!base.is_empty()).then_some(base)
+}
+
+/// The CronJob controller names its Jobs `<cronjob>-<minutes since the epoch>`; a
+/// minute count has at least 8 digits for any date after 1970-03.
+fn cronjob_of(job_name: &str) -> Option<&str> {
+    let (base, suffix) = job_name.rsplit_once('-')?;
+    let is_schedule = suffix.len() >= 8 && suffix.bytes().all(|b| b.is_ascii_digit());
+    (is_schedule && !base.is_empty()).then_some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn meta(owner: Option<(&str, &str)>, hash: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: owner.map(|(kind, name)| {
+                vec![OwnerReference {
+                    kind: kind.into(),
+                    name: name.into(),
+                    controller: Some(true),
+                    ..OwnerReference::default()
+                }]
+            }),
+            labels: hash.map(|h| [("pod-template-hash".to_owned(), h.to_owned())].into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn identity(owner: Option<(&str, &str)>, hash: Option<&str>) -> (String, String) {
+        let w = workload_of("ns", "pod-1", &meta(owner, hash));
+        (w.kind, w.name)
+    }
+
+    #[test]
+    fn bare_pod_is_its_own_workload() {
+        assert_eq!(identity(None, None), ("Pod".into(), "pod-1".into()));
+    }
+
+    #[test]
+    fn replicaset_with_template_hash_is_a_deployment() {
+        assert_eq!(
+            identity(Some(("ReplicaSet", "web-7d4b9c8f6")), Some("7d4b9c8f6")),
+            ("Deployment".into(), "web".into())
+        );
+        // Without the hash label (or a name that does not end in it) the ReplicaSet stands alone.
+        assert_eq!(
+            identity(Some(("ReplicaSet", "web-abc")), None),
+            ("ReplicaSet".into(), "web-abc".into())
+        );
+        assert_eq!(
+            identity(Some(("ReplicaSet", "web-abc")), Some("zzz")),
+            ("ReplicaSet".into(), "web-abc".into())
+        );
+    }
+
+    #[test]
+    fn scheduled_job_is_its_cronjob() {
+        assert_eq!(
+            identity(Some(("Job", "backup-29123456")), None),
+            ("CronJob".into(), "backup".into())
+        );
+        assert_eq!(
+            identity(Some(("Job", "migrate-1")), None),
+            ("Job".into(), "migrate-1".into())
+        );
+    }
+
+    #[test]
+    fn other_controllers_keep_their_kind() {
+        assert_eq!(
+            identity(Some(("StatefulSet", "db")), None),
+            ("StatefulSet".into(), "db".into())
+        );
+        assert_eq!(
+            identity(Some(("DaemonSet", "agent")), None),
+            ("DaemonSet".into(), "agent".into())
+        );
+    }
+
+    #[test]
+    fn non_controller_owners_are_ignored() {
+        let mut m = meta(Some(("ReplicaSet", "x-1")), Some("1"));
+        if let Some(owners) = m.owner_references.as_mut() {
+            owners[0].controller = None;
+        }
+        let w = workload_of("ns", "pod-1", &m);
+        assert_eq!((w.kind.as_str(), w.name.as_str()), ("Pod", "pod-1"));
+    }
+}
