@@ -16,12 +16,14 @@ fn ts(secs: i64) -> Option<String> {
 }
 
 fn mk_pod(name: &str, uid: &str) -> SlimPod {
-    let mut pod = SlimPod::default();
-    pod.metadata = ObjectMeta {
-        name: Some(name.into()),
-        namespace: Some("grade-submission".into()),
-        uid: Some(uid.into()),
-        ..ObjectMeta::default()
+    let mut pod = SlimPod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("grade-submission".into()),
+            uid: Some(uid.into()),
+            ..ObjectMeta::default()
+        },
+        ..SlimPod::default()
     };
     let mut container = ContainerSpec {
         name: "api".into(),
@@ -553,7 +555,7 @@ fn evictions_count_once_and_not_in_the_baseline() {
 fn downtime_counts_while_pods_exist_but_none_is_ready_after_being_ready() {
     let ready = with(mk_pod("p", "u"), running(0, true, None));
     let unready = with(mk_pod("p", "u"), running(0, false, None));
-    let mut h = Harness::synced_with(&[ready.clone()]);
+    let mut h = Harness::synced_with(std::slice::from_ref(&ready));
     h.apply(&unready, 10);
     h.tick(11);
     h.tick(15);
@@ -562,7 +564,7 @@ fn downtime_counts_while_pods_exist_but_none_is_ready_after_being_ready() {
     assert_eq!(downtime(&h.take()), 8.0);
 
     // Never ready: not downtime.
-    let mut h = Harness::synced_with(&[unready.clone()]);
+    let mut h = Harness::synced_with(std::slice::from_ref(&unready));
     h.tick(100);
     assert_eq!(downtime(&h.take()), 0.0);
 }
