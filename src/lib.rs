@@ -3,7 +3,9 @@
 //! Data flows one way: the watch stream ([`watch`]) feeds the pure [`observer`], whose
 //! observations update the Prometheus [`metrics`], served by [`admin`].
 
+pub mod config;
 pub mod kube_types;
+pub mod metrics;
 pub mod observer;
 pub mod quantity;
 pub mod workload;

@@ -6,6 +6,7 @@
 //! Deployment, and a Job named `<cronjob>-<scheduled minute>` to that CronJob.
 
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
@@ -13,9 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 /// `workload` labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Workload {
-    pub namespace: String,
-    pub kind: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub kind: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl fmt::Display for Workload {
@@ -32,8 +33,8 @@ pub fn workload_of(namespace: &str, pod_name: &str, meta: &ObjectMeta) -> Worklo
         .iter()
         .flatten()
         .find(|owner| owner.controller == Some(true) && !owner.name.is_empty());
-    let (kind, name) = match controller {
-        None => ("Pod".to_owned(), pod_name.to_owned()),
+    let (kind, name): (&str, &str) = match controller {
+        None => ("Pod", pod_name),
         Some(owner) => match owner.kind.as_str() {
             "ReplicaSet" => {
                 let hash = meta
@@ -41,21 +42,21 @@ pub fn workload_of(namespace: &str, pod_name: &str, meta: &ObjectMeta) -> Worklo
                     .as_ref()
                     .and_then(|labels| labels.get("pod-template-hash"));
                 match hash.and_then(|hash| strip_suffix(&owner.name, hash)) {
-                    Some(deployment) => ("Deployment".to_owned(), deployment.to_owned()),
-                    None => ("ReplicaSet".to_owned(), owner.name.clone()),
+                    Some(deployment) => ("Deployment", deployment),
+                    None => ("ReplicaSet", &owner.name),
                 }
             }
             "Job" => match cronjob_of(&owner.name) {
-                Some(cronjob) => ("CronJob".to_owned(), cronjob.to_owned()),
-                None => ("Job".to_owned(), owner.name.clone()),
+                Some(cronjob) => ("CronJob", cronjob),
+                None => ("Job", &owner.name),
             },
-            other => (other.to_owned(), owner.name.clone()),
+            other => (other, &owner.name),
         },
     };
     Workload {
-        namespace: namespace.to_owned(),
-        kind,
-        name,
+        namespace: namespace.into(),
+        kind: kind.into(),
+        name: name.into(),
     }
 }
 
@@ -95,7 +96,7 @@ mod tests {
 
     fn identity(owner: Option<(&str, &str)>, hash: Option<&str>) -> (String, String) {
         let w = workload_of("ns", "pod-1", &meta(owner, hash));
-        (w.kind, w.name)
+        (w.kind.to_string(), w.name.to_string())
     }
 
     #[test]
@@ -151,6 +152,6 @@ mod tests {
             owners[0].controller = None;
         }
         let w = workload_of("ns", "pod-1", &m);
-        assert_eq!((w.kind.as_str(), w.name.as_str()), ("Pod", "pod-1"));
+        assert_eq!((&*w.kind, &*w.name), ("Pod", "pod-1"));
     }
 }

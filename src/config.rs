@@ -1,0 +1,387 @@
+//! Configuration: built-in defaults < config file (TOML or YAML) < `SELFHEAL_*`
+//! environment < command-line flags, merged by figment and validated in one place.
+//!
+//! Every problem is reported once, naming the offending key and value; unknown keys
+//! are errors, so a typo never passes silently as a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde_saphyr::figment::Yaml;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Prefix of the environment variables that set configuration keys. Nested keys use
+/// `__`: `SELFHEAL_WATCH__LABEL_SELECTOR`.
+pub const ENV_PREFIX: &str = "SELFHEAL_";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the HTTP server for /metrics, /healthz and /readyz.
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub watch: WatchConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WatchConfig {
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Namespaces never to watch.
+    pub exclude_namespaces: Vec<String>,
+    /// Only pods matching this Kubernetes label selector are observed.
+    pub label_selector: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// How long a workload's series stay after its last pod is gone.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub retention: Duration,
+    /// Upper bounds (seconds) of the time-to-recover histogram buckets.
+    pub time_to_recover_buckets: Vec<f64>,
+    /// How long a restart reported as Error/Completed waits for the kubelet's Killing
+    /// Event that would make it a liveness or startup probe kill.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub attribution_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9964)),
+            log_format: LogFormat::Text,
+            watch: WatchConfig::default(),
+            metrics: MetricsConfig::default(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            retention: Duration::from_secs(3600),
+            time_to_recover_buckets: vec![
+                1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+            ],
+            attribution_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Settings given as command-line flags; they override every other source.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("config key {key} = {value}: {reason}")]
+    Value {
+        key: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from all sources, given the process environment.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(file, flags, Env::prefixed(ENV_PREFIX))
+    }
+
+    fn load_with_env(
+        file: Option<&Path>,
+        flags: &FlagOverrides,
+        env: Env,
+    ) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            figment = merge_file(figment, path)?;
+        }
+        // SELFHEAL_CONFIG names the file itself; it is not a configuration key.
+        let env = env.ignore(&["CONFIG"]).split("__");
+        let config: Config = figment
+            .merge(env)
+            .merge(Serialized::defaults(flags))
+            .extract()
+            .map_err(|error| ConfigError::Invalid(one_line(&error)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let buckets = &self.metrics.time_to_recover_buckets;
+        let value = || format!("{buckets:?}");
+        if buckets.is_empty() {
+            return Err(ConfigError::Value {
+                key: "metrics.time_to_recover_buckets",
+                value: value(),
+                reason: "needs at least one bucket",
+            });
+        }
+        if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
+            return Err(ConfigError::Value {
+                key: "metrics.time_to_recover_buckets",
+                value: value(),
+                reason: "bucket bounds must be positive finite seconds",
+            });
+        }
+        if buckets.windows(2).any(|pair| pair[0] >= pair[1]) {
+            return Err(ConfigError::Value {
+                key: "metrics.time_to_recover_buckets",
+                value: value(),
+                reason: "bucket bounds must be strictly increasing",
+            });
+        }
+        if self.metrics.retention.is_zero() {
+            return Err(ConfigError::Value {
+                key: "metrics.retention",
+                value: "0s".into(),
+                reason: "must be longer than zero",
+            });
+        }
+        for (key, namespaces) in [
+            ("watch.namespaces", &self.watch.namespaces),
+            ("watch.exclude_namespaces", &self.watch.exclude_namespaces),
+        ] {
+            if let Some(bad) = namespaces.iter().find(|ns| !is_dns_label(ns)) {
+                return Err(ConfigError::Value {
+                    key,
+                    value: format!("{bad:?}"),
+                    reason: "not a valid namespace name (RFC 1123 label)",
+                });
+            }
+        }
+        if let Err(reason) = check_label_selector(&self.watch.label_selector) {
+            return Err(ConfigError::Value {
+                key: "watch.label_selector",
+                value: format!("{:?}", self.watch.label_selector),
+                reason,
+            });
+        }
+        Ok(())
+    }
+
+    /// The effective configuration, as a TOML document.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+    }
+}
+
+/// Adds the config file to `figment`, in the format its extension names.
+fn merge_file(figment: Figment, path: &Path) -> Result<Figment, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.to_owned(),
+        reason,
+    };
+    std::fs::metadata(path).map_err(|error| file_error(error.to_string()))?;
+    match path.extension().and_then(|ext| ext.to_str()).unwrap_or("") {
+        "toml" => Ok(figment.merge(Toml::file_exact(path))),
+        "yaml" | "yml" => Ok(figment.merge(Yaml::file_exact(path))),
+        other => Err(file_error(format!(
+            "unknown extension {other:?}: use .toml, .yaml or .yml"
+        ))),
+    }
+}
+
+/// figment errors may chain several; the first names the key and its source.
+fn one_line(error: &figment::Error) -> String {
+    let first = error.clone().into_iter().next().unwrap_or_else(|| error.clone());
+    first.to_string().replace('\n', " ")
+}
+
+/// RFC 1123 label: lowercase alphanumerics and '-', 1..=63, alphanumeric at both ends.
+fn is_dns_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// A light syntax check of a label selector, so that a typo fails at start-up rather
+/// than as an endless stream of 400s from the API server. The API server remains the
+/// judge of the full grammar.
+fn check_label_selector(selector: &str) -> Result<(), &'static str> {
+    if selector.trim().is_empty() {
+        return Ok(());
+    }
+    let mut depth = 0i32;
+    let mut requirement = String::new();
+    let mut requirements = Vec::new();
+    for c in selector.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                requirements.push(std::mem::take(&mut requirement));
+                continue;
+            }
+            _ => {}
+        }
+        if depth < 0 {
+            return Err("unbalanced parentheses");
+        }
+        requirement.push(c);
+    }
+    if depth != 0 {
+        return Err("unbalanced parentheses");
+    }
+    requirements.push(requirement);
+    for requirement in requirements {
+        let requirement = requirement.trim();
+        let key = requirement
+            .split(['=', '!', ' '])
+            .find(|part| !part.is_empty())
+            .unwrap_or("");
+        let valid_key = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !valid_key {
+            return Err("each requirement needs a valid label key");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load(jail: &Jail, file: Option<&str>, flags: &FlagOverrides) -> Result<Config, String> {
+        let path = file.map(|name| jail.directory().join(name));
+        Config::load(path.as_deref(), flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_valid_and_documented_values() {
+        Jail::expect_with(|jail| {
+            let config = load(jail, None, &FlagOverrides::default())?;
+            assert_eq!(config.listen.to_string(), "0.0.0.0:9964");
+            assert_eq!(config.metrics.retention, Duration::from_secs(3600));
+            assert_eq!(config.metrics.time_to_recover_buckets.len(), 11);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_env_then_flags_take_precedence() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.toml",
+                r#"
+                listen = "127.0.0.1:1000"
+                [watch]
+                namespaces = ["grade-submission"]
+                label_selector = "app.kubernetes.io/name=grade-submission"
+                [metrics]
+                retention = "30m"
+                "#,
+            )?;
+            let config = load(jail, Some("c.toml"), &FlagOverrides::default())?;
+            assert_eq!(config.listen.to_string(), "127.0.0.1:1000");
+            assert_eq!(config.watch.namespaces, vec!["grade-submission"]);
+            assert_eq!(config.metrics.retention, Duration::from_secs(1800));
+
+            jail.set_env("SELFHEAL_LISTEN", "127.0.0.1:2000");
+            jail.set_env("SELFHEAL_METRICS__RETENTION", "2h");
+            jail.set_env("SELFHEAL_CONFIG", "ignored-here");
+            let config = load(jail, Some("c.toml"), &FlagOverrides::default())?;
+            assert_eq!(config.listen.to_string(), "127.0.0.1:2000");
+            assert_eq!(config.metrics.retention, Duration::from_secs(7200));
+
+            let flags = FlagOverrides {
+                listen: Some("127.0.0.1:3000".parse().expect("addr")),
+                log_format: Some(LogFormat::Json),
+            };
+            let config = load(jail, Some("c.toml"), &flags)?;
+            assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
+            assert_eq!(config.log_format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn yaml_files_are_read_too() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "c.yaml",
+                "watch:\n  exclude_namespaces: [kube-system]\nmetrics:\n  time_to_recover_buckets: [1, 10]\n",
+            )?;
+            let config = load(jail, Some("c.yaml"), &FlagOverrides::default())?;
+            assert_eq!(config.watch.exclude_namespaces, vec!["kube-system"]);
+            assert_eq!(config.metrics.time_to_recover_buckets, vec![1.0, 10.0]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn every_bad_input_names_its_key() {
+        Jail::expect_with(|jail| {
+            let cases = [
+                ("typo.toml", "[watch]\nnamespace = [\"a\"]\n", "namespace"),
+                ("buckets.toml", "[metrics]\ntime_to_recover_buckets = [5, 1]\n", "metrics.time_to_recover_buckets"),
+                ("negative.toml", "[metrics]\ntime_to_recover_buckets = [-1]\n", "metrics.time_to_recover_buckets"),
+                ("ns.toml", "[watch]\nnamespaces = [\"Bad_NS\"]\n", "watch.namespaces"),
+                ("duration.toml", "[metrics]\nretention = \"one hour\"\n", "retention"),
+                ("zero.toml", "[metrics]\nretention = \"0s\"\n", "metrics.retention"),
+                ("listen.toml", "listen = \"nowhere\"\n", "listen"),
+                ("selector.toml", "[watch]\nlabel_selector = \"app in (a,b\"\n", "watch.label_selector"),
+                ("format.toml", "log_format = \"xml\"\n", "log_format"),
+            ];
+            for (name, body, key) in cases {
+                jail.create_file(name, body)?;
+                let error = load(jail, Some(name), &FlagOverrides::default())
+                    .expect_err(name);
+                assert!(error.contains(key), "{name}: {error}");
+                assert!(!error.contains('\n'), "{name}: one line: {error}");
+            }
+            let missing = load(jail, Some("absent.toml"), &FlagOverrides::default())
+                .expect_err("missing file");
+            assert!(missing.contains("absent.toml"), "{missing}");
+            jail.set_env("SELFHEAL_WATCH__NAMESPACES", "[\"UPPER\"]");
+            let env_error = load(jail, None, &FlagOverrides::default()).expect_err("env");
+            assert!(env_error.contains("watch.namespaces"), "{env_error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_effective_config_round_trips_through_toml() {
+        Jail::expect_with(|jail| {
+            let config = Config::default();
+            jail.create_file("out.toml", &config.to_toml())?;
+            let again = load(jail, Some("out.toml"), &FlagOverrides::default())?;
+            assert_eq!(again, config);
+            Ok(())
+        });
+    }
+}

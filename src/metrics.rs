@@ -1,0 +1,438 @@
+//! The exported metrics of the observer: registration, and the update for each
+//! [`Observation`]. Names and labels are a public contract (dashboards and alerts use
+//! them); see the metric table in README.md.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::observer::{Anomaly, Cause, Observation};
+use crate::workload::Workload;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub namespace: Arc<str>,
+    pub workload_kind: Arc<str>,
+    pub workload: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContainerLabels {
+    pub namespace: Arc<str>,
+    pub workload_kind: Arc<str>,
+    pub workload: Arc<str>,
+    pub container: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub namespace: Arc<str>,
+    pub workload_kind: Arc<str>,
+    pub workload: Arc<str>,
+    pub container: Arc<str>,
+    pub reason: Cause,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodContainerLabels {
+    pub namespace: Arc<str>,
+    pub workload_kind: Arc<str>,
+    pub workload: Arc<str>,
+    pub pod: Arc<str>,
+    pub container: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AnomalyLabels {
+    kind: Anomaly,
+}
+
+/// Builds time-to-recover histograms with the configured buckets.
+#[derive(Clone)]
+pub struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// The label sets a workload has created, so they can all be removed when it expires
+/// (prometheus-client removes series only by exact label set).
+#[derive(Default)]
+struct WorkloadSeries {
+    containers: HashSet<Arc<str>>,
+    reasons: HashSet<(Arc<str>, Cause)>,
+}
+
+pub struct Metrics {
+    restarts: Family<ReasonLabels, Counter>,
+    oom_kills: Family<ContainerLabels, Counter>,
+    time_to_recover: Family<ReasonLabels, Histogram, Buckets>,
+    last_exit_code: Family<ContainerLabels, Gauge>,
+    memory_limit: Family<ContainerLabels, Gauge>,
+    crashlooping: Family<PodContainerLabels, Gauge>,
+    unavailable: Family<WorkloadLabels, Counter<f64, AtomicU64>>,
+    evictions: Family<WorkloadLabels, Counter>,
+    observed_containers: Gauge,
+    anomalies: Family<AnomalyLabels, Counter>,
+    series: HashMap<Arc<Workload>, WorkloadSeries>,
+}
+
+impl Metrics {
+    /// Registers the observer's metrics under `registry` (which carries the `selfheal`
+    /// prefix). `buckets` are the time-to-recover histogram's upper bounds, in seconds.
+    pub fn register(registry: &mut Registry, buckets: &[f64]) -> Self {
+        let metrics = Metrics {
+            restarts: Family::default(),
+            oom_kills: Family::default(),
+            time_to_recover: Family::new_with_constructor(Buckets(buckets.into())),
+            last_exit_code: Family::default(),
+            memory_limit: Family::default(),
+            crashlooping: Family::default(),
+            unavailable: Family::default(),
+            evictions: Family::default(),
+            observed_containers: Gauge::default(),
+            anomalies: Family::default(),
+            series: HashMap::new(),
+        };
+        registry.register(
+            "container_restarts",
+            "Container restarts (restartCount increases), by cause of the death before each",
+            metrics.restarts.clone(),
+        );
+        registry.register(
+            "container_oom_kills",
+            "Container deaths with reason OOMKilled, counted when first visible",
+            metrics.oom_kills.clone(),
+        );
+        registry.register_with_unit(
+            "container_time_to_recover",
+            "Time from a container's death to its restarted instance being ready",
+            Unit::Seconds,
+            metrics.time_to_recover.clone(),
+        );
+        registry.register(
+            "container_last_termination_exit_code",
+            "Exit code of the container's most recent death",
+            metrics.last_exit_code.clone(),
+        );
+        registry.register_with_unit(
+            "container_memory_limit",
+            "Memory limit in force for the container (resources.limits.memory)",
+            Unit::Bytes,
+            metrics.memory_limit.clone(),
+        );
+        registry.register(
+            "container_crashlooping",
+            "1 while the pod's container waits in CrashLoopBackOff, else 0",
+            metrics.crashlooping.clone(),
+        );
+        registry.register_with_unit(
+            "workload_unavailable",
+            "Time during which the workload, after having been ready, had pods but none ready",
+            Unit::Seconds,
+            metrics.unavailable.clone(),
+        );
+        registry.register(
+            "pod_evictions",
+            "Pods of the workload evicted by the kubelet (status.reason Evicted)",
+            metrics.evictions.clone(),
+        );
+        registry.register(
+            "observed_containers",
+            "Containers currently followed by the observer",
+            metrics.observed_containers.clone(),
+        );
+        registry.register(
+            "input_anomalies",
+            "Objects from the API server that had to be repaired or ignored, by kind of problem",
+            metrics.anomalies.clone(),
+        );
+        metrics
+    }
+
+    pub fn set_observed_containers(&self, count: usize) {
+        self.observed_containers
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+
+    pub fn record(&mut self, observation: &Observation) {
+        match observation {
+            Observation::ContainerSeen {
+                workload,
+                container,
+                memory_limit_bytes,
+            } => {
+                let labels = self.container_labels(workload, container);
+                // Created at 0 so that increase() sees the very first OOMKill.
+                self.oom_kills.get_or_create_owned(&labels);
+                if let Some(bytes) = memory_limit_bytes {
+                    let bytes = i64::try_from(*bytes).unwrap_or(i64::MAX);
+                    self.memory_limit.get_or_create_owned(&labels).set(bytes);
+                }
+            }
+            Observation::Died {
+                workload,
+                container,
+                cause,
+                exit_code,
+            } => {
+                let labels = self.container_labels(workload, container);
+                if *cause == Cause::OOMKilled {
+                    self.oom_kills.get_or_create_owned(&labels).inc();
+                }
+                self.last_exit_code
+                    .get_or_create_owned(&labels)
+                    .set(i64::from(*exit_code));
+            }
+            Observation::LastExitCode {
+                workload,
+                container,
+                exit_code,
+            } => {
+                let labels = self.container_labels(workload, container);
+                self.last_exit_code
+                    .get_or_create_owned(&labels)
+                    .set(i64::from(*exit_code));
+            }
+            Observation::Restarted {
+                workload,
+                container,
+                cause,
+                count,
+            } => {
+                let labels = self.reason_labels(workload, container, *cause);
+                self.restarts.get_or_create_owned(&labels).inc_by(*count);
+            }
+            Observation::Recovered {
+                workload,
+                container,
+                cause,
+                seconds,
+            } => {
+                let labels = self.reason_labels(workload, container, *cause);
+                self.time_to_recover
+                    .get_or_create_owned(&labels)
+                    .observe(*seconds);
+            }
+            Observation::CrashLooping {
+                workload,
+                pod,
+                container,
+                active,
+            } => {
+                let labels = pod_container_labels(workload, pod, container);
+                self.crashlooping
+                    .get_or_create_owned(&labels)
+                    .set(i64::from(*active));
+            }
+            Observation::PodForgotten {
+                workload,
+                pod,
+                containers,
+            } => {
+                for container in containers {
+                    self.crashlooping
+                        .remove(&pod_container_labels(workload, pod, container));
+                }
+            }
+            Observation::Evicted { workload } => {
+                let labels = self.workload_labels(workload);
+                self.evictions.get_or_create_owned(&labels).inc();
+            }
+            Observation::Unavailable { workload, seconds } => {
+                let labels = self.workload_labels(workload);
+                self.unavailable.get_or_create_owned(&labels).inc_by(*seconds);
+            }
+            Observation::WorkloadExpired { workload } => self.remove_workload(workload),
+            Observation::Anomaly(kind) => {
+                self.anomalies
+                    .get_or_create_owned(&AnomalyLabels { kind: *kind })
+                    .inc();
+            }
+        }
+    }
+
+    fn workload_labels(&mut self, workload: &Arc<Workload>) -> WorkloadLabels {
+        self.series.entry(workload.clone()).or_default();
+        workload_labels(workload)
+    }
+
+    fn container_labels(&mut self, workload: &Arc<Workload>, container: &Arc<str>) -> ContainerLabels {
+        let series = self.series.entry(workload.clone()).or_default();
+        if !series.containers.contains(container) {
+            series.containers.insert(container.clone());
+        }
+        container_labels(workload, container)
+    }
+
+    fn reason_labels(&mut self, workload: &Arc<Workload>, container: &Arc<str>, cause: Cause) -> ReasonLabels {
+        let series = self.series.entry(workload.clone()).or_default();
+        series.reasons.insert((container.clone(), cause));
+        ReasonLabels {
+            namespace: workload.namespace.clone(),
+            workload_kind: workload.kind.clone(),
+            workload: workload.name.clone(),
+            container: container.clone(),
+            reason: cause,
+        }
+    }
+
+    fn remove_workload(&mut self, workload: &Arc<Workload>) {
+        let Some(series) = self.series.remove(workload) else {
+            return;
+        };
+        for container in &series.containers {
+            let labels = container_labels(workload, container);
+            self.oom_kills.remove(&labels);
+            self.last_exit_code.remove(&labels);
+            self.memory_limit.remove(&labels);
+        }
+        for (container, cause) in series.reasons {
+            let labels = ReasonLabels {
+                namespace: workload.namespace.clone(),
+                workload_kind: workload.kind.clone(),
+                workload: workload.name.clone(),
+                container,
+                reason: cause,
+            };
+            self.restarts.remove(&labels);
+            self.time_to_recover.remove(&labels);
+        }
+        let labels = workload_labels(workload);
+        self.unavailable.remove(&labels);
+        self.evictions.remove(&labels);
+    }
+}
+
+fn workload_labels(workload: &Workload) -> WorkloadLabels {
+    WorkloadLabels {
+        namespace: workload.namespace.clone(),
+        workload_kind: workload.kind.clone(),
+        workload: workload.name.clone(),
+    }
+}
+
+fn container_labels(workload: &Workload, container: &Arc<str>) -> ContainerLabels {
+    ContainerLabels {
+        namespace: workload.namespace.clone(),
+        workload_kind: workload.kind.clone(),
+        workload: workload.name.clone(),
+        container: container.clone(),
+    }
+}
+
+fn pod_container_labels(workload: &Workload, pod: &Arc<str>, container: &Arc<str>) -> PodContainerLabels {
+    PodContainerLabels {
+        namespace: workload.namespace.clone(),
+        workload_kind: workload.kind.clone(),
+        workload: workload.name.clone(),
+        pod: pod.clone(),
+        container: container.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::encoding::prometheus_text::encode;
+
+    fn workload() -> Arc<Workload> {
+        Arc::new(Workload {
+            namespace: "grade-submission".into(),
+            kind: "Pod".into(),
+            name: "grade-submission-api".into(),
+        })
+    }
+
+    fn render(registry: &Registry) -> String {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn observations_become_the_contracted_series_and_expire_with_the_workload() {
+        let mut registry = Registry::with_prefix("selfheal");
+        let mut metrics = Metrics::register(&mut registry, &[1.0, 5.0]);
+        let container: Arc<str> = Arc::from("api");
+        let w = workload();
+        metrics.record(&Observation::ContainerSeen {
+            workload: w.clone(),
+            container: container.clone(),
+            memory_limit_bytes: Some(50_331_648),
+        });
+        let text = render(&registry);
+        let labels = r#"namespace="grade-submission",workload_kind="Pod",workload="grade-submission-api",container="api""#;
+        assert!(text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 0")), "{text}");
+        assert!(text.contains(&format!("selfheal_container_memory_limit_bytes{{{labels}}} 50331648")));
+
+        metrics.record(&Observation::Died {
+            workload: w.clone(),
+            container: container.clone(),
+            cause: Cause::OOMKilled,
+            exit_code: 137,
+        });
+        metrics.record(&Observation::Restarted {
+            workload: w.clone(),
+            container: container.clone(),
+            cause: Cause::OOMKilled,
+            count: 2,
+        });
+        metrics.record(&Observation::Recovered {
+            workload: w.clone(),
+            container: container.clone(),
+            cause: Cause::OOMKilled,
+            seconds: 3.0,
+        });
+        metrics.record(&Observation::Unavailable {
+            workload: w.clone(),
+            seconds: 2.5,
+        });
+        let text = render(&registry);
+        assert!(text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 1")));
+        assert!(text.contains(&format!("selfheal_container_last_termination_exit_code{{{labels}}} 137")));
+        assert!(text.contains(&format!(
+            "selfheal_container_restarts_total{{{labels},reason=\"OOMKilled\"}} 2"
+        )));
+        assert!(text.contains(&format!(
+            "selfheal_container_time_to_recover_seconds_bucket{{{labels},reason=\"OOMKilled\",le=\"5\"}} 1"
+        )), "{text}");
+        assert!(text.contains(
+            r#"selfheal_workload_unavailable_seconds_total{namespace="grade-submission",workload_kind="Pod",workload="grade-submission-api"} 2.5"#
+        ));
+
+        metrics.record(&Observation::WorkloadExpired { workload: w });
+        let text = render(&registry);
+        assert!(!text.contains("grade-submission-api"), "{text}");
+    }
+
+    #[test]
+    fn forgotten_pods_lose_their_crashloop_series() {
+        let mut registry = Registry::with_prefix("selfheal");
+        let mut metrics = Metrics::register(&mut registry, &[1.0]);
+        let pod: Arc<str> = Arc::from("p-1");
+        let container: Arc<str> = Arc::from("api");
+        metrics.record(&Observation::CrashLooping {
+            workload: workload(),
+            pod: pod.clone(),
+            container: container.clone(),
+            active: true,
+        });
+        assert!(render(&registry).contains("selfheal_container_crashlooping{"));
+        metrics.record(&Observation::PodForgotten {
+            workload: workload(),
+            pod,
+            containers: vec![container],
+        });
+        assert!(!render(&registry).contains("selfheal_container_crashlooping{"));
+    }
+}
