@@ -211,7 +211,11 @@ fn merge_file(figment: Figment, path: &Path) -> Result<Figment, ConfigError> {
 /// figment errors may chain several; the first names the key and its source.
 fn one_line(error: &figment::Error) -> String {
     let first = error.clone().into_iter().next().unwrap_or_else(|| error.clone());
-    first.to_string().replace('\n', " ")
+    // Keys are reported under figment's profile ("default.watch.x"); users write "watch.x".
+    first
+        .to_string()
+        .replace('\n', " ")
+        .replace("key \"default.", "key \"")
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', 1..=63, alphanumeric at both ends.

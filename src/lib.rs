@@ -3,9 +3,14 @@
 //! Data flows one way: the watch stream ([`watch`]) feeds the pure [`observer`], whose
 //! observations update the Prometheus [`metrics`], served by [`admin`].
 
+pub mod admin;
+pub mod client;
 pub mod config;
+pub mod health;
 pub mod kube_types;
 pub mod metrics;
 pub mod observer;
 pub mod quantity;
+pub mod shutdown;
+pub mod watch;
 pub mod workload;

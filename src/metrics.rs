@@ -50,6 +50,21 @@ pub struct PodContainerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// `selfheal_build_info{version}`: 1, so dashboards can show which version runs.
+pub fn register_build_info(registry: &mut Registry) {
+    let info: Family<BuildLabels, Gauge> = Family::default();
+    info.get_or_create_owned(&BuildLabels {
+        version: env!("CARGO_PKG_VERSION"),
+    })
+    .set(1);
+    registry.register("build_info", "Version of the running selfheal-exporter", info);
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AnomalyLabels {
     kind: Anomaly,
 }

@@ -217,7 +217,8 @@ struct PodState {
     ready: bool,
     evicted: bool,
     grace: SignedDuration,
-    /// The relist in which the pod was last seen.
+    /// The watch stream that delivers this pod, and the relist it was last seen in.
+    stream: usize,
     epoch: u64,
     containers: Vec<(ContainerTracker, Option<u64>)>,
 }
@@ -251,13 +252,23 @@ pub struct Observer {
     pods: HashMap<Arc<str>, PodState>,
     workloads: WorkloadBook,
     shared: Shared,
-    synced: bool,
-    epoch: u64,
+    streams: Vec<StreamState>,
     containers: usize,
 }
 
+/// One watch stream (e.g. one namespace) with its own list/watch cycle.
+#[derive(Debug, Default, Clone)]
+struct StreamState {
+    /// Incremented at each relist; pods not seen in the current one are gone.
+    epoch: u64,
+    /// The stream's first list is complete: what follows is news.
+    synced: bool,
+}
+
 impl Observer {
-    pub fn new(config: ObserverConfig) -> Self {
+    /// An observer fed by `streams` independent watch streams (numbered from 0), each
+    /// with its own baseline and relists.
+    pub fn new(config: ObserverConfig, streams: usize) -> Self {
         let shared = Shared {
             attribution_wait: config.attribution_wait,
             ..Shared::default()
@@ -267,15 +278,14 @@ impl Observer {
             pods: HashMap::new(),
             workloads: WorkloadBook::default(),
             shared,
-            synced: false,
-            epoch: 0,
+            streams: vec![StreamState::default(); streams.max(1)],
             containers: 0,
         }
     }
 
-    /// True once the first full list has been applied.
+    /// True once every stream's first full list has been applied.
     pub fn is_synced(&self) -> bool {
-        self.synced
+        self.streams.iter().all(|stream| stream.synced)
     }
 
     pub fn pod_count(&self) -> usize {
@@ -290,34 +300,49 @@ impl Observer {
         self.workloads.len()
     }
 
-    /// A (re)list starts: pods not applied before `end_relist` were deleted meanwhile.
-    pub fn begin_relist(&mut self) {
-        self.epoch += 1;
+    /// A (re)list of `stream` starts: its pods not applied before `end_relist` were
+    /// deleted meanwhile.
+    pub fn begin_relist(&mut self, stream: usize) {
+        if let Some(state) = self.streams.get_mut(stream) {
+            state.epoch += 1;
+        }
     }
 
-    /// The (re)list is complete. The first one ends the baseline.
-    pub fn end_relist(&mut self, now: Timestamp, out: &mut Vec<Observation>) {
-        let epoch = self.epoch;
+    /// The (re)list of `stream` is complete. The first one ends its baseline.
+    pub fn end_relist(&mut self, stream: usize, now: Timestamp, out: &mut Vec<Observation>) {
+        let Some(state) = self.streams.get_mut(stream) else {
+            return;
+        };
+        state.synced = true;
+        let epoch = state.epoch;
         let gone: Vec<Arc<str>> = self
             .pods
             .iter()
-            .filter(|(_, pod)| pod.epoch != epoch)
+            .filter(|(_, pod)| pod.stream == stream && pod.epoch != epoch)
             .map(|(uid, _)| uid.clone())
             .collect();
         for uid in gone {
             self.forget(&uid, now, out);
         }
-        self.synced = true;
     }
 
-    pub fn apply_pod(&mut self, pod: &SlimPod, now: Timestamp, out: &mut Vec<Observation>) {
+    pub fn apply_pod(
+        &mut self,
+        stream: usize,
+        pod: &SlimPod,
+        now: Timestamp,
+        out: &mut Vec<Observation>,
+    ) {
+        let Some(&StreamState { epoch, synced }) = self.streams.get(stream) else {
+            return;
+        };
         let meta = &pod.metadata;
         let (Some(uid), Some(namespace), Some(name)) = (&meta.uid, &meta.namespace, &meta.name)
         else {
             out.push(Observation::Anomaly(Anomaly::MissingField));
             return;
         };
-        let news = self.synced;
+        let news = synced;
         let ready = pod
             .status
             .conditions
@@ -339,7 +364,8 @@ impl Observer {
                         ready,
                         evicted: false,
                         grace: DEFAULT_GRACE,
-                        epoch: self.epoch,
+                        stream,
+                        epoch,
                         containers: Vec::new(),
                     },
                 );
@@ -349,7 +375,7 @@ impl Observer {
         let Some(state) = self.pods.get_mut(&uid) else {
             return;
         };
-        state.epoch = self.epoch;
+        state.epoch = epoch;
         state.grace = pod
             .spec
             .termination_grace_period_seconds

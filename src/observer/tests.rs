@@ -153,7 +153,7 @@ impl Harness {
     /// An observer whose baseline (initial list) held `pods`.
     fn synced_with(pods: &[SlimPod]) -> Self {
         let mut harness = Harness {
-            observer: Observer::new(ObserverConfig::default()),
+            observer: Observer::new(ObserverConfig::default(), 1),
             out: Vec::new(),
         };
         harness.relist(pods, 0);
@@ -161,15 +161,15 @@ impl Harness {
     }
 
     fn relist(&mut self, pods: &[SlimPod], at: i64) {
-        self.observer.begin_relist();
+        self.observer.begin_relist(0);
         for pod in pods {
-            self.observer.apply_pod(pod, t(at), &mut self.out);
+            self.observer.apply_pod(0, pod, t(at), &mut self.out);
         }
-        self.observer.end_relist(t(at), &mut self.out);
+        self.observer.end_relist(0, t(at), &mut self.out);
     }
 
     fn apply(&mut self, pod: &SlimPod, at: i64) {
-        self.observer.apply_pod(pod, t(at), &mut self.out);
+        self.observer.apply_pod(0, pod, t(at), &mut self.out);
     }
 
     fn event(&mut self, event: &SlimEvent, at: i64) {
@@ -655,4 +655,28 @@ fn event_parsing_finds_the_container() {
         container_of_message("Container api failed liveness probe, will be restarted"),
         Some("api")
     );
+}
+
+#[test]
+fn streams_have_their_own_baseline_and_relists() {
+    let mut h = Harness {
+        observer: Observer::new(ObserverConfig::default(), 2),
+        out: Vec::new(),
+    };
+    let a = with(mk_pod("a", "ua"), running(1, true, Some(death("OOMKilled", 137, "c0", 1))));
+    h.observer.begin_relist(0);
+    h.observer.apply_pod(0, &a, t(5), &mut h.out);
+    h.observer.end_relist(0, t(5), &mut h.out);
+    assert!(!h.observer.is_synced(), "stream 1 has not listed yet");
+    // Stream 1's baseline is not news either, even though stream 0 is synced.
+    let b = with(mk_pod("b", "ub"), running(2, true, Some(death("OOMKilled", 137, "c1", 1))));
+    h.observer.begin_relist(1);
+    h.observer.apply_pod(1, &b, t(6), &mut h.out);
+    h.observer.end_relist(1, t(6), &mut h.out);
+    assert!(h.observer.is_synced());
+    assert!(deaths(&h.take()).is_empty());
+    // A relist of stream 1 does not forget stream 0's pods.
+    h.observer.begin_relist(1);
+    h.observer.end_relist(1, t(7), &mut h.out);
+    assert_eq!(h.observer.pod_count(), 1);
 }

@@ -1,0 +1,125 @@
+//! Command line: `run` (the default) and `check-config`. Exit codes: 0 success,
+//! 1 runtime failure, 2 bad input (flags, config, environment, kubeconfig).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use selfheal_exporter::config::{Config, FlagOverrides, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "selfheal-exporter",
+    version,
+    about = "Measures how well Kubernetes workloads heal themselves: restarts by cause, \
+             OOMKills and time to recover, exported for Prometheus",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Watch the cluster and serve /metrics (the default).
+    Run(RunArgs),
+    /// Validate a config file and print the effective configuration.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Kubeconfig file(s); without it: in-cluster config in a pod, else ~/.kube/config
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<String>,
+    /// Kubeconfig context to use
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Config file, TOML or YAML by extension
+    #[arg(long, env = "SELFHEAL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format; the level comes from RUST_LOG [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug)]
+struct CheckConfigArgs {
+    /// Config file, TOML or YAML by extension
+    #[arg(long, env = "SELFHEAL_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig(args)) => check_config(args),
+        Some(Command::Run(args)) => run(args),
+        None => run(cli.run),
+    }
+}
+
+fn check_config(args: CheckConfigArgs) -> ExitCode {
+    match Config::load(args.config.as_deref(), &FlagOverrides::default()) {
+        Ok(config) => {
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let flags = FlagOverrides {
+        listen: args.listen,
+        log_format: args.log_format,
+    };
+    let config = match Config::load(args.config.as_deref(), &flags) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(error) = init_logging(config.log_format) {
+        eprintln!("error: {error}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(crate::daemon::run(config, args))
+}
+
+fn init_logging(format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) => EnvFilter::try_new(&directives)
+            .map_err(|error| format!("RUST_LOG={directives:?}: {error}"))?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}

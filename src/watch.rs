@@ -1,0 +1,316 @@
+//! The async edge of the observer: kube-rs watchers for pods and kubelet Events, fed in
+//! order into the [`Observer`], whose observations update the [`Metrics`].
+//!
+//! One task owns the observer and the metrics, so neither needs a lock. Each watched
+//! namespace (or the whole cluster) is one pod stream with its own list/watch cycle;
+//! kube-rs's `Init`/`InitApply`/`InitDone` become the observer's relist, so pods deleted
+//! while the watch was down are forgotten and the first list is the baseline.
+
+use std::time::Duration;
+
+use futures::stream::{BoxStream, SelectAll};
+use futures::{StreamExt, stream};
+use jiff::Timestamp;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch as signal;
+
+use crate::config::WatchConfig;
+use crate::health::{Health, WatchReadiness};
+use crate::kube_types::{SlimEvent, SlimPod};
+use crate::metrics::Metrics;
+use crate::observer::{Observation, Observer};
+
+/// Which pods and Events to watch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scope {
+    /// One stream per namespace; `None` is one stream over all namespaces.
+    pub namespaces: Vec<Option<String>>,
+    /// Excluded namespaces, as a server-side field selector.
+    pub field_selector: Option<String>,
+    pub label_selector: Option<String>,
+}
+
+impl Scope {
+    pub fn from_config(config: &WatchConfig) -> Scope {
+        let included: Vec<Option<String>> = config
+            .namespaces
+            .iter()
+            .filter(|ns| !config.exclude_namespaces.contains(ns))
+            .map(|ns| Some(ns.clone()))
+            .collect();
+        let namespaces = if config.namespaces.is_empty() {
+            vec![None]
+        } else {
+            included
+        };
+        let field_selector = (!config.exclude_namespaces.is_empty()).then(|| {
+            config
+                .exclude_namespaces
+                .iter()
+                .map(|ns| format!("metadata.namespace!={ns}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        let label_selector =
+            (!config.label_selector.trim().is_empty()).then(|| config.label_selector.clone());
+        Scope {
+            namespaces,
+            field_selector,
+            label_selector,
+        }
+    }
+
+    fn pod_watcher_config(&self) -> watcher::Config {
+        let mut config = watcher::Config::default();
+        if let Some(labels) = &self.label_selector {
+            config = config.labels(labels);
+        }
+        if let Some(fields) = &self.field_selector {
+            config = config.fields(fields);
+        }
+        config
+    }
+
+    /// Only the kubelet's `Killing` Events about pods matter (they attribute probe
+    /// kills); selecting them on the server keeps the Event stream small.
+    fn event_watcher_config(&self) -> watcher::Config {
+        let mut fields = String::from("involvedObject.kind=Pod,reason=Killing");
+        if let Some(excluded) = &self.field_selector {
+            fields.push(',');
+            fields.push_str(excluded);
+        }
+        watcher::Config::default().fields(&fields)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchEventLabels {
+    resource: &'static str,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+/// Self-monitoring of the watches.
+#[derive(Clone)]
+pub struct WatchMetrics {
+    events: Family<WatchEventLabels, Counter>,
+    errors: Family<ResourceLabels, Counter>,
+}
+
+impl WatchMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = WatchMetrics {
+            events: Family::default(),
+            errors: Family::default(),
+        };
+        registry.register(
+            "watch_events",
+            "Events received from the Kubernetes watches, by resource and kube-rs event type",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Failed list or watch calls (each is retried with backoff), by resource",
+            metrics.errors.clone(),
+        );
+        metrics
+    }
+
+    fn event(&self, resource: &'static str, r#type: &'static str) {
+        self.events
+            .get_or_create_owned(&WatchEventLabels { resource, r#type })
+            .inc();
+    }
+
+    fn error(&self, resource: &'static str, error: &watcher::Error) {
+        self.errors
+            .get_or_create_owned(&ResourceLabels { resource })
+            .inc();
+        tracing::warn!(resource, %error, "watch failed; retrying with backoff");
+    }
+}
+
+/// Everything the watch loop owns.
+pub struct WatchLoop {
+    pub client: Client,
+    pub scope: Scope,
+    pub observer: Observer,
+    pub metrics: Metrics,
+    pub watch_metrics: WatchMetrics,
+    pub health: Health,
+}
+
+type Indexed<K> = (usize, Result<Event<K>, watcher::Error>);
+
+fn watch_all<K>(client: &Client, scope: &Scope, config: &watcher::Config) -> SelectAll<BoxStream<'static, Indexed<K>>>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    stream::select_all(scope.namespaces.iter().enumerate().map(|(index, namespace)| {
+        let api: Api<K> = match namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        watcher(api, config.clone())
+            .default_backoff()
+            .map(move |event| (index, event))
+            .boxed()
+    }))
+}
+
+use kube::runtime::watcher::watcher;
+
+impl WatchLoop {
+    /// Runs until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: signal::Receiver<bool>) {
+        let mut pods = watch_all::<SlimPod>(&self.client, &self.scope, &self.scope.pod_watcher_config());
+        let mut events =
+            watch_all::<SlimEvent>(&self.client, &self.scope, &self.scope.event_watcher_config());
+        let streams = self.scope.namespaces.len();
+        let mut pod_readiness: Vec<WatchReadiness> =
+            (0..streams).map(|_| self.health.register_watch()).collect();
+        let mut event_readiness: Vec<WatchReadiness> =
+            (0..streams).map(|_| self.health.register_watch()).collect();
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut out: Vec<Observation> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some((stream, event)) = pods.next() => {
+                    self.on_pod_event(stream, event, &mut out, &mut pod_readiness);
+                }
+                Some((stream, event)) = events.next() => {
+                    self.on_kubelet_event(stream, event, &mut out, &mut event_readiness);
+                }
+                _ = ticker.tick() => {
+                    self.observer.tick(Timestamp::now(), &mut out);
+                }
+            }
+            for observation in out.drain(..) {
+                self.metrics.record(&observation);
+            }
+            self.metrics
+                .set_observed_containers(self.observer.container_count());
+        }
+        tracing::info!("watches stopped");
+    }
+
+    fn on_pod_event(
+        &mut self,
+        stream: usize,
+        event: Result<Event<SlimPod>, watcher::Error>,
+        out: &mut Vec<Observation>,
+        readiness: &mut [WatchReadiness],
+    ) {
+        const RESOURCE: &str = "pods";
+        let now = Timestamp::now();
+        match event {
+            Ok(Event::Init) => {
+                self.watch_metrics.event(RESOURCE, "init");
+                self.observer.begin_relist(stream);
+            }
+            Ok(Event::InitApply(pod)) => {
+                self.watch_metrics.event(RESOURCE, "init_apply");
+                self.observer.apply_pod(stream, &pod, now, out);
+            }
+            Ok(Event::InitDone) => {
+                self.watch_metrics.event(RESOURCE, "init_done");
+                self.observer.end_relist(stream, now, out);
+                if let Some(ready) = readiness.get_mut(stream) {
+                    ready.mark_synced();
+                }
+                tracing::info!(
+                    pods = self.observer.pod_count(),
+                    containers = self.observer.container_count(),
+                    "pod list synced"
+                );
+            }
+            Ok(Event::Apply(pod)) => {
+                self.watch_metrics.event(RESOURCE, "apply");
+                self.observer.apply_pod(stream, &pod, now, out);
+            }
+            Ok(Event::Delete(pod)) => {
+                self.watch_metrics.event(RESOURCE, "delete");
+                self.observer.delete_pod(&pod, now, out);
+            }
+            Err(error) => self.watch_metrics.error(RESOURCE, &error),
+        }
+    }
+
+    fn on_kubelet_event(
+        &mut self,
+        stream: usize,
+        event: Result<Event<SlimEvent>, watcher::Error>,
+        out: &mut Vec<Observation>,
+        readiness: &mut [WatchReadiness],
+    ) {
+        const RESOURCE: &str = "events";
+        let now = Timestamp::now();
+        match event {
+            Ok(Event::Init) => self.watch_metrics.event(RESOURCE, "init"),
+            Ok(Event::InitApply(event)) => {
+                self.watch_metrics.event(RESOURCE, "init_apply");
+                self.observer.apply_event(&event, now, out);
+            }
+            Ok(Event::InitDone) => {
+                self.watch_metrics.event(RESOURCE, "init_done");
+                if let Some(ready) = readiness.get_mut(stream) {
+                    ready.mark_synced();
+                }
+            }
+            Ok(Event::Apply(event)) => {
+                self.watch_metrics.event(RESOURCE, "apply");
+                self.observer.apply_event(&event, now, out);
+            }
+            // A deleted Event (TTL expiry) takes nothing back: the kill happened.
+            Ok(Event::Delete(_)) => self.watch_metrics.event(RESOURCE, "delete"),
+            Err(error) => self.watch_metrics.error(RESOURCE, &error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_turns_config_into_streams_and_selectors() {
+        let all = Scope::from_config(&WatchConfig::default());
+        assert_eq!(all.namespaces, vec![None]);
+        assert_eq!(all.field_selector, None);
+
+        let config = WatchConfig {
+            namespaces: vec!["a".into(), "b".into()],
+            exclude_namespaces: vec!["b".into(), "kube-system".into()],
+            label_selector: "app=x".into(),
+        };
+        let scope = Scope::from_config(&config);
+        assert_eq!(scope.namespaces, vec![Some("a".to_owned())]);
+        assert_eq!(
+            scope.field_selector.as_deref(),
+            Some("metadata.namespace!=b,metadata.namespace!=kube-system")
+        );
+        assert_eq!(
+            scope.event_watcher_config().field_selector.as_deref(),
+            Some("involvedObject.kind=Pod,reason=Killing,metadata.namespace!=b,metadata.namespace!=kube-system")
+        );
+        assert_eq!(scope.pod_watcher_config().label_selector.as_deref(), Some("app=x"));
+    }
+}
