@@ -275,7 +275,9 @@ fn check_label_selector(selector: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+// figment's test Jail returns its large error type by design.
 #[cfg(test)]
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, DEFAULT_HISTORY};
 
 #[derive(Parser)]
-#[command(name = "selfheal-lab", version, about = "Test and demo lab for selfheal-exporter")]
+#[command(
+    name = "selfheal-lab",
+    version,
+    about = "Test and demo lab for selfheal-exporter"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -19,12 +19,21 @@ pub fn new_uid() -> String {
     let b = (b & !(0xf << 76)) | (0x4 << 76);
     let b = (b & !(0x3 << 62)) | (0x2 << 62);
     let h = format!("{b:032x}");
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Now, RFC 3339 UTC with whole seconds (`2024-05-01T12:00:00Z`), like `metav1.Time`.
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// `generateName` suffix: 5 characters from the real server's alphabet.
@@ -41,7 +50,9 @@ pub fn is_dns_subdomain(name: &str) -> bool {
         && name.len() <= 253
         && name.split('.').all(|part| {
             !part.is_empty()
-                && part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                 && !part.starts_with('-')
                 && !part.ends_with('-')
         })
@@ -55,7 +66,11 @@ pub fn is_dns_label(name: &str) -> bool {
 /// Validates the name of a new object of type `rt`, returning 422 if invalid.
 pub fn validate_name(rt: &ResourceType, name: &str) -> ApiResult<()> {
     let label_only = *rt == NAMESPACES || *rt == SERVICES;
-    let ok = if label_only { is_dns_label(name) } else { is_dns_subdomain(name) };
+    let ok = if label_only {
+        is_dns_label(name)
+    } else {
+        is_dns_subdomain(name)
+    };
     if ok {
         Ok(())
     } else {
@@ -135,7 +150,11 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, keep_status: bool) -> ApiRe
             .and_then(Value::as_array)
             .is_some_and(|c| !c.is_empty());
         if !containers_ok {
-            return Err(ApiError::invalid("Pod", &name, "spec.containers: Required value"));
+            return Err(ApiError::invalid(
+                "Pod",
+                &name,
+                "spec.containers: Required value",
+            ));
         }
         if let Some(spec) = obj_mut(obj, "spec") {
             set_default(spec, "restartPolicy", json!("Always"));
@@ -147,7 +166,10 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, keep_status: bool) -> ApiRe
             for list in ["containers", "initContainers"] {
                 if let Some(cs) = spec.get_mut(list).and_then(Value::as_array_mut) {
                     for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-                        if c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        if c.get("name")
+                            .and_then(Value::as_str)
+                            .is_none_or(str::is_empty)
+                        {
                             return Err(ApiError::invalid(
                                 "Pod",
                                 &name,
@@ -155,8 +177,16 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, keep_status: bool) -> ApiRe
                             ));
                         }
                         let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-                        let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
-                        let policy = if tag.is_none_or(|t| t == "latest") { "Always" } else { "IfNotPresent" };
+                        let tag = image
+                            .rsplit('/')
+                            .next()
+                            .and_then(|last| last.split_once(':'))
+                            .map(|(_, t)| t);
+                        let policy = if tag.is_none_or(|t| t == "latest") {
+                            "Always"
+                        } else {
+                            "IfNotPresent"
+                        };
                         set_default(c, "imagePullPolicy", json!(policy));
                         set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
                         set_default(c, "terminationMessagePolicy", json!("File"));
@@ -168,7 +198,10 @@ pub fn on_create(rt: &ResourceType, obj: &mut Value, keep_status: bool) -> ApiRe
         if !keep_status {
             let qos = pod_qos_class(obj.get("spec").unwrap_or(&Value::Null));
             if let Some(map) = obj.as_object_mut() {
-                map.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
+                map.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "qosClass": qos}),
+                );
             }
         }
     } else if *rt == NAMESPACES {
@@ -232,8 +265,14 @@ mod tests {
         ]}, "status": {"phase": "Running"}});
         on_create(&PODS, &mut p, false).unwrap();
         assert_eq!(p["spec"]["restartPolicy"], "Always");
-        assert_eq!(p["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(p["status"], json!({"phase": "Pending", "qosClass": "Burstable"}));
+        assert_eq!(
+            p["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
+        assert_eq!(
+            p["status"],
+            json!({"phase": "Pending", "qosClass": "Burstable"})
+        );
         let g = json!({"containers": [{"resources": {"limits": {"memory": "1", "cpu": "1"}}}]});
         assert_eq!(pod_qos_class(&g), "Guaranteed");
         assert_eq!(pod_qos_class(&json!({"containers": [{}]})), "BestEffort");

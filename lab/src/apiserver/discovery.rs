@@ -43,18 +43,24 @@ fn group_json(group: &str, version: &str) -> Value {
 
 /// `/apis` (APIGroupList).
 pub fn group_list() -> Value {
-    let groups: Vec<Value> = api_groups().into_iter().map(|(g, v)| group_json(g, v)).collect();
+    let groups: Vec<Value> = api_groups()
+        .into_iter()
+        .map(|(g, v)| group_json(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 /// `/apis/{group}` (APIGroup), if served.
 pub fn group(name: &str) -> Option<Value> {
-    api_groups().into_iter().find(|(g, _)| *g == name).map(|(g, v)| {
-        let mut doc = group_json(g, v);
-        doc["kind"] = json!("APIGroup");
-        doc["apiVersion"] = json!("v1");
-        doc
-    })
+    api_groups()
+        .into_iter()
+        .find(|(g, _)| *g == name)
+        .map(|(g, v)| {
+            let mut doc = group_json(g, v);
+            doc["kind"] = json!("APIGroup");
+            doc["apiVersion"] = json!("v1");
+            doc
+        })
 }
 
 fn resource_entries(r: &ResourceType) -> Vec<Value> {
@@ -94,8 +100,14 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 #[cfg(test)]
@@ -111,13 +123,20 @@ mod tests {
             .iter()
             .filter_map(|r| r["name"].as_str())
             .collect();
-        assert!(names.contains(&"pods") && names.contains(&"pods/status") && names.contains(&"namespaces"));
+        assert!(
+            names.contains(&"pods")
+                && names.contains(&"pods/status")
+                && names.contains(&"namespaces")
+        );
         assert!(!names.contains(&"events/status"));
         assert_eq!(core["resources"][0]["shortNames"][0], "po");
         assert!(resource_list("coordination.k8s.io", "v1").is_some());
         assert!(resource_list("apps", "v1").is_none());
         assert_eq!(group_list()["groups"].as_array().unwrap().len(), 2);
-        assert_eq!(group("discovery.k8s.io").unwrap()["preferredVersion"]["version"], "v1");
+        assert_eq!(
+            group("discovery.k8s.io").unwrap()["preferredVersion"]["version"],
+            "v1"
+        );
         assert_eq!(version()["minor"], "32");
     }
 }

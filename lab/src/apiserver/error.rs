@@ -43,7 +43,8 @@ impl ApiError {
 
     /// 404 `pods "x" not found` (`plural` is the resource, e.g. `pods`).
     pub fn not_found(plural: &str, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found")).with_details(name, plural)
+        Self::new(404, "NotFound", format!("{plural} \"{name}\" not found"))
+            .with_details(name, plural)
     }
 
     /// 404 for a path that names no resource.
@@ -57,8 +58,12 @@ impl ApiError {
 
     /// 409 AlreadyExists.
     pub fn already_exists(plural: &str, name: &str) -> Self {
-        Self::new(409, "AlreadyExists", format!("{plural} \"{name}\" already exists"))
-            .with_details(name, plural)
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{plural} \"{name}\" already exists"),
+        )
+        .with_details(name, plural)
     }
 
     /// 409 Conflict (stale resourceVersion or failed precondition).
@@ -79,7 +84,12 @@ impl ApiError {
     /// 422 Invalid.
     pub fn invalid(kind: &str, name: &str, message: impl Into<String>) -> Self {
         let message = message.into();
-        Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {message}")).with_details(name, kind)
+        Self::new(
+            422,
+            "Invalid",
+            format!("{kind} \"{name}\" is invalid: {message}"),
+        )
+        .with_details(name, kind)
     }
 
     /// 410 Expired (`too old resource version`, stale continue token).
@@ -102,7 +112,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"
+            ),
         )
     }
 

@@ -40,7 +40,11 @@ impl Faults {
     /// (InternalError), 429 (TooManyRequests, `Retry-After: 1`) or 503
     /// (ServiceUnavailable); any other code is sent as 500.
     pub fn fail_next(&self, count: u64, status: u16) {
-        let status = if matches!(status, 429 | 503) { status } else { 500 };
+        let status = if matches!(status, 429 | 503) {
+            status
+        } else {
+            500
+        };
         *self.fail.lock().unwrap_or_else(PoisonError::into_inner) = (count, status);
     }
 
@@ -74,8 +78,14 @@ impl Faults {
         fail.0 -= 1;
         Some(match fail.1 {
             429 => ApiError::too_many_requests(),
-            503 => ApiError::new(503, "ServiceUnavailable", "the server is currently unable to handle the request (injected)"),
-            _ => ApiError::internal("an error on the server (\"injected by selfheal-lab\") has prevented the request from succeeding"),
+            503 => ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "the server is currently unable to handle the request (injected)",
+            ),
+            _ => ApiError::internal(
+                "an error on the server (\"injected by selfheal-lab\") has prevented the request from succeeding",
+            ),
         })
     }
 }
@@ -87,7 +97,10 @@ mod tests {
 
     #[test]
     fn fail_counts_down() {
-        let f = Faults::new(Arc::new(Store::default()), Arc::new(WatchHub::new(Duration::from_secs(1))));
+        let f = Faults::new(
+            Arc::new(Store::default()),
+            Arc::new(WatchHub::new(Duration::from_secs(1))),
+        );
         assert!(f.take_failure().is_none());
         f.fail_next(2, 429);
         assert_eq!(f.take_failure().map(|e| e.code), Some(429));

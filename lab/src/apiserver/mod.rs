@@ -31,7 +31,9 @@ use tokio::task::JoinHandle;
 pub use error::{ApiError, ApiResult};
 pub use faults::Faults;
 pub use patch::Patch;
-pub use resources::{ENDPOINT_SLICES, EVENTS, LEASES, NAMESPACES, PODS, RESOURCES, ResourceType, SERVICES};
+pub use resources::{
+    ENDPOINT_SLICES, EVENTS, LEASES, NAMESPACES, PODS, RESOURCES, ResourceType, SERVICES,
+};
 pub use routes::{AppState, router};
 pub use selectors::{FieldSelector, LabelSelector, Selector};
 pub use store::{ChangeKind, DEFAULT_HISTORY, DeleteOptions, ListOptions, Store};
@@ -160,7 +162,10 @@ impl ApiServer {
         }
         if let Some(task) = self.task.take() {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }

@@ -49,22 +49,31 @@ impl Patch {
         match self {
             Patch::Merge(p) => {
                 if !p.is_object() {
-                    return Err(ApiError::bad_request("merge patch body must be a JSON object"));
+                    return Err(ApiError::bad_request(
+                        "merge patch body must be a JSON object",
+                    ));
                 }
                 merge_patch(target, p);
                 Ok(())
             }
             Patch::Strategic(p) => {
                 if !p.is_object() {
-                    return Err(ApiError::bad_request("strategic merge patch body must be a JSON object"));
+                    return Err(ApiError::bad_request(
+                        "strategic merge patch body must be a JSON object",
+                    ));
                 }
                 strategic_merge(target, p)
             }
             Patch::Json(p) => {
                 let ops: json_patch::Patch = serde_json::from_value(p.clone())
                     .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-                json_patch::patch(target, &ops)
-                    .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))
+                json_patch::patch(target, &ops).map_err(|e| {
+                    ApiError::new(
+                        422,
+                        "Invalid",
+                        format!("the JSON patch could not be applied: {e}"),
+                    )
+                })
             }
         }
     }
@@ -94,7 +103,12 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// `None` inside `Some` means "merge primitive values as a set".
 fn merge_key(field: &str, sample: Option<&Value>) -> Option<Option<&'static str>> {
     Some(Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "volumes" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "volumes"
+        | "imagePullSecrets"
         | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -142,7 +156,11 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> ApiResult<()> {
             return Ok(());
         }
         Some("merge") | None => {}
-        Some(other) => return Err(ApiError::bad_request(format!("unknown patch directive $patch: {other}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown patch directive $patch: {other}"
+            )));
+        }
     }
     if !target.is_object() {
         *target = Value::Object(Map::new());
@@ -257,7 +275,13 @@ mod tests {
             .apply(&mut t)
             .unwrap_err();
         assert_eq!(err.code, 422);
-        assert_eq!(Patch::Json(json!({"op": 1})).apply(&mut t).unwrap_err().code, 400);
+        assert_eq!(
+            Patch::Json(json!({"op": 1}))
+                .apply(&mut t)
+                .unwrap_err()
+                .code,
+            400
+        );
     }
 
     #[test]
@@ -277,10 +301,16 @@ mod tests {
         }))
         .apply(&mut pod)
         .unwrap();
-        assert_eq!(pod["spec"]["containers"], json!([{"name": "a", "image": "a:2",
-            "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]}]));
+        assert_eq!(
+            pod["spec"]["containers"],
+            json!([{"name": "a", "image": "a:2",
+            "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]}])
+        );
         assert_eq!(pod["metadata"]["finalizers"], json!(["f1", "f2"]));
-        assert_eq!(pod["status"]["conditions"][0], json!({"type": "Ready", "status": "True"}));
+        assert_eq!(
+            pod["status"]["conditions"][0],
+            json!({"type": "Ready", "status": "True"})
+        );
         assert_eq!(pod["status"]["conditions"][1]["type"], "PodScheduled");
         assert!(pod.get("$setElementOrder/containers").is_none());
     }

@@ -160,7 +160,8 @@ pub const LEASES: ResourceType = ResourceType {
 
 /// Every served resource type. Add a resource here and it is routed,
 /// discoverable, stored and watchable.
-pub static RESOURCES: &[ResourceType] = &[PODS, EVENTS, SERVICES, NAMESPACES, ENDPOINT_SLICES, LEASES];
+pub static RESOURCES: &[ResourceType] =
+    &[PODS, EVENTS, SERVICES, NAMESPACES, ENDPOINT_SLICES, LEASES];
 
 /// Looks a resource type up by group, version and plural (as found in a URL).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {

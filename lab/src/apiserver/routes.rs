@@ -58,8 +58,10 @@ pub fn router(state: AppState) -> Router {
 fn json_response(code: StatusCode, body: Vec<u8>) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -110,7 +112,9 @@ async fn lab_fail(State(st): State<AppState>, RawQuery(q): RawQuery) -> Response
     let count = match q.get("count").map(|c| c.parse::<u64>()) {
         None => 1,
         Some(Ok(c)) => c,
-        Some(Err(_)) => return ApiError::bad_request("count must be a non-negative integer").into_response(),
+        Some(Err(_)) => {
+            return ApiError::bad_request("count must be a non-negative integer").into_response();
+        }
     };
     let status = match q.get("status").map(|c| c.parse::<u16>()) {
         None => 500,
@@ -172,7 +176,9 @@ enum Target {
 }
 
 fn resolve(group: &str, version: &str, rest: &[&str], path: &str) -> ApiResult<Target> {
-    let find = |plural: &str| resources::find(group, version, plural).ok_or_else(|| ApiError::no_route(path));
+    let find = |plural: &str| {
+        resources::find(group, version, plural).ok_or_else(|| ApiError::no_route(path))
+    };
     let namespaced_path = rest.first() == Some(&"namespaces")
         && rest.len() >= 3
         && rest[2] != "status"
@@ -182,33 +188,62 @@ fn resolve(group: &str, version: &str, rest: &[&str], path: &str) -> ApiResult<T
         let rt = find(rest[2])?;
         return match rest.len() {
             3 => Ok(Target::Collection { rt, ns: Some(ns) }),
-            4 => Ok(Target::Item { rt, ns, name: rest[3].to_string(), status: false }),
-            5 if rest[4] == "status" => Ok(Target::Item { rt, ns, name: rest[3].to_string(), status: true }),
+            4 => Ok(Target::Item {
+                rt,
+                ns,
+                name: rest[3].to_string(),
+                status: false,
+            }),
+            5 if rest[4] == "status" => Ok(Target::Item {
+                rt,
+                ns,
+                name: rest[3].to_string(),
+                status: true,
+            }),
             _ => Err(ApiError::no_route(path)),
         };
     }
     match rest {
-        [plural] => Ok(Target::Collection { rt: find(plural)?, ns: None }),
+        [plural] => Ok(Target::Collection {
+            rt: find(plural)?,
+            ns: None,
+        }),
         [plural, name] => {
             let rt = find(plural)?;
             if rt.namespaced {
                 return Err(ApiError::no_route(path));
             }
-            Ok(Target::Item { rt, ns: String::new(), name: name.to_string(), status: false })
+            Ok(Target::Item {
+                rt,
+                ns: String::new(),
+                name: name.to_string(),
+                status: false,
+            })
         }
         [plural, name, "status"] => {
             let rt = find(plural)?;
             if rt.namespaced {
                 return Err(ApiError::no_route(path));
             }
-            Ok(Target::Item { rt, ns: String::new(), name: name.to_string(), status: true })
+            Ok(Target::Item {
+                rt,
+                ns: String::new(),
+                name: name.to_string(),
+                status: true,
+            })
         }
         _ => Err(ApiError::no_route(path)),
     }
 }
 
 /// Fallback handler: every non-`/lab/` request.
-async fn api(State(st): State<AppState>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn api(
+    State(st): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let path = uri.path().to_string();
     if !path.starts_with("/lab/")
         && let Some(err) = st.faults.take_failure()
@@ -230,19 +265,36 @@ fn server_address(headers: &HeaderMap) -> String {
         .to_string()
 }
 
-fn handle(st: &AppState, method: &Method, path: &str, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+fn handle(
+    st: &AppState,
+    method: &Method,
+    path: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let get_only = |v: Option<Value>| -> ApiResult<Response> {
         if method != Method::GET {
-            return Err(ApiError::method_not_allowed(format!("the server does not allow this method on the requested resource ({path})")));
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({path})"
+            )));
         }
-        v.map(|v| ok_json(StatusCode::OK, &v)).ok_or_else(|| ApiError::no_route(path))
+        v.map(|v| ok_json(StatusCode::OK, &v))
+            .ok_or_else(|| ApiError::no_route(path))
     };
     match segs.as_slice() {
         ["version"] => get_only(Some(discovery::version())),
         ["healthz" | "livez" | "readyz", ..] => {
             let mut r = Response::new(Body::from("ok"));
-            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             Ok(r)
         }
         ["api"] => get_only(Some(discovery::core_versions(&server_address(headers)))),
@@ -266,7 +318,8 @@ fn parse_body(body: &Bytes) -> ApiResult<Value> {
     if body.is_empty() {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -312,20 +365,37 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-fn dispatch(st: &AppState, method: &Method, target: Target, q: &Query, headers: &HeaderMap, body: &Bytes) -> ApiResult<Response> {
+fn dispatch(
+    st: &AppState,
+    method: &Method,
+    target: Target,
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
     let store = &st.store;
     match (target, method.clone()) {
         (Target::Collection { rt, ns }, Method::GET) => {
             if flag(q, "watch") {
-                return start_watch(st, rt, ns, q);
+                return start_watch(st, rt, ns, q, wants_table(headers));
             }
             let opts = list_options(q)?;
-            let selector = Selector::parse(opts.label_selector.as_deref(), opts.field_selector.as_deref(), rt)?;
+            let selector = Selector::parse(
+                opts.label_selector.as_deref(),
+                opts.field_selector.as_deref(),
+                rt,
+            )?;
             let page = store.list_page(rt, ns.as_deref(), &selector, &opts)?;
             if wants_table(headers) {
-                return Ok(ok_json(StatusCode::OK, &table::list_table(rt, &page.items, page.rv, page.continue_token.as_deref())));
+                return Ok(ok_json(
+                    StatusCode::OK,
+                    &table::list_table(rt, &page.items, page.rv, page.continue_token.as_deref()),
+                ));
             }
-            Ok(json_response(StatusCode::OK, render_list(rt, &page.items, page.rv, page.continue_token.as_deref())))
+            Ok(json_response(
+                StatusCode::OK,
+                render_list(rt, &page.items, page.rv, page.continue_token.as_deref()),
+            ))
         }
         (Target::Collection { rt, ns }, Method::POST) => {
             let ns = match (rt.namespaced, ns) {
@@ -344,25 +414,61 @@ fn dispatch(st: &AppState, method: &Method, target: Target, q: &Query, headers: 
         }
         (Target::Collection { rt, ns }, Method::DELETE) => {
             let opts = list_options(q)?;
-            Ok(ok_json(StatusCode::OK, &store.delete_collection(rt, ns.as_deref(), &opts)?))
+            Ok(ok_json(
+                StatusCode::OK,
+                &store.delete_collection(rt, ns.as_deref(), &opts)?,
+            ))
         }
-        (Target::Item { rt, ns, name, status: _ }, Method::GET) if flag(q, "watch") => {
+        (
+            Target::Item {
+                rt,
+                ns,
+                name,
+                status: _,
+            },
+            Method::GET,
+        ) if flag(q, "watch") => {
             let mut q = q.clone();
             let fs = match q.get("fieldSelector").filter(|f| !f.is_empty()) {
                 Some(f) => format!("{f},metadata.name={name}"),
                 None => format!("metadata.name={name}"),
             };
             q.insert("fieldSelector".into(), fs);
-            start_watch(st, rt, rt.namespaced.then_some(ns), &q)
+            start_watch(
+                st,
+                rt,
+                rt.namespaced.then_some(ns),
+                &q,
+                wants_table(headers),
+            )
         }
         (Target::Item { rt, ns, name, .. }, Method::GET) => {
             let obj = store.get_arc(rt, &ns, &name)?;
             if wants_table(headers) {
-                return Ok(ok_json(StatusCode::OK, &table::list_table(rt, std::slice::from_ref(&obj), store.resource_version(), None)));
+                return Ok(ok_json(
+                    StatusCode::OK,
+                    &table::list_table(
+                        rt,
+                        std::slice::from_ref(&obj),
+                        store.resource_version(),
+                        None,
+                    ),
+                ));
             }
-            Ok(json_response(StatusCode::OK, serde_json::to_vec(&*obj).unwrap_or_default()))
+            Ok(json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&*obj).unwrap_or_default(),
+            ))
         }
-        (Target::Item { rt, ns, name, status }, Method::PUT) => {
+        (
+            Target::Item {
+                rt,
+                ns,
+                name,
+                status,
+            },
+            Method::PUT,
+        ) => {
             check_json_content(headers)?;
             let obj = parse_body(body)?;
             let out = if status {
@@ -372,7 +478,15 @@ fn dispatch(st: &AppState, method: &Method, target: Target, q: &Query, headers: 
             };
             Ok(ok_json(StatusCode::OK, &out))
         }
-        (Target::Item { rt, ns, name, status }, Method::PATCH) => {
+        (
+            Target::Item {
+                rt,
+                ns,
+                name,
+                status,
+            },
+            Method::PATCH,
+        ) => {
             let patch = Patch::from_content_type(content_type(headers), parse_body(body)?)?;
             let out = if status {
                 store.patch_status(rt, &ns, &name, &patch)?
@@ -381,7 +495,15 @@ fn dispatch(st: &AppState, method: &Method, target: Target, q: &Query, headers: 
             };
             Ok(ok_json(StatusCode::OK, &out))
         }
-        (Target::Item { rt, ns, name, status: false }, Method::DELETE) => {
+        (
+            Target::Item {
+                rt,
+                ns,
+                name,
+                status: false,
+            },
+            Method::DELETE,
+        ) => {
             let opts = delete_options(body, q)?;
             let out = store.delete_with(rt, &ns, &name, &opts)?;
             Ok(ok_json(StatusCode::OK, &out))
@@ -395,9 +517,13 @@ fn dispatch(st: &AppState, method: &Method, target: Target, q: &Query, headers: 
 fn delete_options(body: &Bytes, q: &Query) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions::default();
     if !body.is_empty() {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}")))?;
-        opts.precondition_uid = v.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
+        let v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("the DeleteOptions body is not valid JSON: {e}"))
+        })?;
+        opts.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
         opts.precondition_resource_version = v
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
@@ -432,7 +558,13 @@ fn render_list(rt: &ResourceType, items: &[Arc<Value>], rv: u64, cont: Option<&s
     buf
 }
 
-fn start_watch(st: &AppState, rt: &'static ResourceType, ns: Option<String>, q: &Query) -> ApiResult<Response> {
+fn start_watch(
+    st: &AppState,
+    rt: &'static ResourceType,
+    ns: Option<String>,
+    q: &Query,
+    as_table: bool,
+) -> ApiResult<Response> {
     let selector = Selector::parse(
         q.get("labelSelector").map(String::as_str),
         q.get("fieldSelector").map(String::as_str),
@@ -446,10 +578,9 @@ fn start_watch(st: &AppState, rt: &'static ResourceType, ns: Option<String>, q: 
         None => None,
     };
     let timeout = match q.get("timeoutSeconds").filter(|s| !s.is_empty()) {
-        Some(s) => Some(Duration::from_secs(
-            s.parse::<u64>()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?,
-        )),
+        Some(s) => Some(Duration::from_secs(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
+        })?)),
         None => None,
     };
     let send_initial_events = flag(q, "sendInitialEvents");
@@ -473,13 +604,18 @@ fn start_watch(st: &AppState, rt: &'static ResourceType, ns: Option<String>, q: 
             send_initial_events,
             bookmarks,
             timeout,
+            table: as_table,
         },
     );
     let mut resp = Response::new(body);
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
@@ -498,14 +634,38 @@ mod tests {
 
     #[test]
     fn path_resolution() {
-        assert!(matches!(t("/api/v1/pods"), Ok(Target::Collection { ns: None, .. })));
-        assert!(matches!(t("/api/v1/namespaces"), Ok(Target::Collection { ns: None, .. })));
-        assert!(matches!(t("/api/v1/namespaces/default"), Ok(Target::Item { status: false, .. })));
-        assert!(matches!(t("/api/v1/namespaces/default/status"), Ok(Target::Item { status: true, .. })));
-        assert!(matches!(t("/api/v1/namespaces/default/pods"), Ok(Target::Collection { ns: Some(_), .. })));
-        assert!(matches!(t("/api/v1/namespaces/d/pods/p/status"), Ok(Target::Item { status: true, .. })));
-        assert!(matches!(t("/apis/coordination.k8s.io/v1/namespaces/d/leases/l"), Ok(Target::Item { .. })));
-        assert!(matches!(t("/apis/discovery.k8s.io/v1/endpointslices"), Ok(Target::Collection { .. })));
+        assert!(matches!(
+            t("/api/v1/pods"),
+            Ok(Target::Collection { ns: None, .. })
+        ));
+        assert!(matches!(
+            t("/api/v1/namespaces"),
+            Ok(Target::Collection { ns: None, .. })
+        ));
+        assert!(matches!(
+            t("/api/v1/namespaces/default"),
+            Ok(Target::Item { status: false, .. })
+        ));
+        assert!(matches!(
+            t("/api/v1/namespaces/default/status"),
+            Ok(Target::Item { status: true, .. })
+        ));
+        assert!(matches!(
+            t("/api/v1/namespaces/default/pods"),
+            Ok(Target::Collection { ns: Some(_), .. })
+        ));
+        assert!(matches!(
+            t("/api/v1/namespaces/d/pods/p/status"),
+            Ok(Target::Item { status: true, .. })
+        ));
+        assert!(matches!(
+            t("/apis/coordination.k8s.io/v1/namespaces/d/leases/l"),
+            Ok(Target::Item { .. })
+        ));
+        assert!(matches!(
+            t("/apis/discovery.k8s.io/v1/endpointslices"),
+            Ok(Target::Collection { .. })
+        ));
         assert!(t("/api/v1/pods/p").is_err());
         assert!(t("/api/v1/namespaces/d/widgets").is_err());
         assert!(t("/api/v1/namespaces/d/pods/p/log").is_err());

@@ -33,11 +33,16 @@ fn valid_label_key(key: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
-        !p.is_empty() && p.len() <= 253 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+        !p.is_empty()
+            && p.len() <= 253
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
     });
     name_ok && prefix_ok
 }
@@ -45,7 +50,8 @@ fn valid_label_key(key: &str) -> bool {
 fn valid_label_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -61,7 +67,9 @@ fn split_top_level(s: &str) -> ApiResult<Vec<&str>> {
             ')' => {
                 depth -= 1;
                 if depth < 0 {
-                    return Err(ApiError::bad_request(format!("unable to parse requirement: unbalanced ')' in {s:?}")));
+                    return Err(ApiError::bad_request(format!(
+                        "unable to parse requirement: unbalanced ')' in {s:?}"
+                    )));
                 }
             }
             ',' if depth == 0 => {
@@ -72,7 +80,9 @@ fn split_top_level(s: &str) -> ApiResult<Vec<&str>> {
         }
     }
     if depth != 0 {
-        return Err(ApiError::bad_request(format!("unable to parse requirement: unbalanced '(' in {s:?}")));
+        return Err(ApiError::bad_request(format!(
+            "unable to parse requirement: unbalanced '(' in {s:?}"
+        )));
     }
     out.push(&s[start..]);
     Ok(out)
@@ -134,7 +144,10 @@ impl LabelSelector {
                 } else if let Some(r) = rest.strip_prefix("in") {
                     (key.to_string(), LabelOp::In(parse_set(req, r)?))
                 } else {
-                    return Err(parse_err(req, "expected one of '=', '==', '!=', 'in', 'notin'"));
+                    return Err(parse_err(
+                        req,
+                        "expected one of '=', '==', '!=', 'in', 'notin'",
+                    ));
                 }
             } else {
                 (req.to_string(), LabelOp::Exists)
@@ -315,7 +328,10 @@ mod tests {
         assert_eq!(m("spec.nodeName="), Ok(false));
         let err = m("spec.containers=x").unwrap_err();
         assert_eq!(err.code, 400);
-        assert!(FieldSelector::parse("involvedObject.uid=1,reason=Killing,type=Warning", &EVENTS).is_ok());
+        assert!(
+            FieldSelector::parse("involvedObject.uid=1,reason=Killing,type=Warning", &EVENTS)
+                .is_ok()
+        );
         assert!(FieldSelector::parse("nonsense", &PODS).is_err());
     }
 }

@@ -124,7 +124,9 @@ fn resource_index(rt: &ResourceType) -> ApiResult<usize> {
 }
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
-    v.pointer(ptr).and_then(Value::as_str).filter(|s| !s.is_empty())
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 fn metadata_mut(obj: &mut Value) -> ApiResult<&mut Map<String, Value>> {
@@ -145,14 +147,20 @@ fn stamp_type(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
     let map = obj
         .as_object_mut()
         .ok_or_else(|| ApiError::bad_request("the request body must be a JSON object"))?;
-    if let Some(v) = map.get("apiVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+    if let Some(v) = map
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
         && v != api_version
     {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({v}) does not match the expected API version ({api_version})"
         )));
     }
-    if let Some(k) = map.get("kind").and_then(Value::as_str).filter(|s| !s.is_empty())
+    if let Some(k) = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
         && k != rt.kind
     {
         return Err(ApiError::bad_request(format!(
@@ -218,7 +226,9 @@ fn encode_continue(rv: u64, key: &Key) -> String {
 }
 
 fn decode_continue(token: &str) -> ApiResult<(u64, Key)> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion");
+    let bad = || {
+        ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion")
+    };
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| bad())?;
@@ -356,18 +366,35 @@ impl Store {
     /// Lab shortcut: like [`create`](Self::create) but keeps the body's
     /// `status` (one ADDED event), where the real server would reset it and need
     /// a second status write. Handy for seeding thousands of running pods.
-    pub fn create_with_status(&self, rt: &ResourceType, namespace: &str, obj: Value) -> ApiResult<Value> {
+    pub fn create_with_status(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        obj: Value,
+    ) -> ApiResult<Value> {
         self.create_inner(rt, namespace, obj, true)
     }
 
-    fn create_inner(&self, rt: &ResourceType, namespace: &str, mut obj: Value, keep_status: bool) -> ApiResult<Value> {
+    fn create_inner(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        mut obj: Value,
+        keep_status: bool,
+    ) -> ApiResult<Value> {
         let idx = resource_index(rt)?;
         stamp_type(rt, &mut obj)?;
         let meta = metadata_mut(&mut obj)?;
-        let body_ns = meta.get("namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+        let body_ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let ns = if rt.namespaced {
             if namespace.is_empty() {
-                return Err(ApiError::bad_request("the namespace of the object must be given for a namespaced resource"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the object must be given for a namespaced resource",
+                ));
             }
             if !body_ns.is_empty() && body_ns != namespace {
                 return Err(ApiError::bad_request(
@@ -380,9 +407,16 @@ impl Store {
             meta.remove("namespace");
             String::new()
         };
-        let mut name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let mut name = meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if name.is_empty() {
-            let generate = meta.get("generateName").and_then(Value::as_str).unwrap_or_default();
+            let generate = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if generate.is_empty() {
                 return Err(ApiError::invalid(
                     rt.kind,
@@ -394,7 +428,11 @@ impl Store {
             meta.insert("name".into(), json!(name));
         }
         defaults::validate_name(rt, &name)?;
-        for system in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"] {
+        for system in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             meta.remove(system);
         }
         meta.insert("uid".into(), json!(defaults::new_uid()));
@@ -441,7 +479,12 @@ impl Store {
         self.get_arc(rt, namespace, name).map(|o| (*o).clone())
     }
 
-    pub(crate) fn get_arc(&self, rt: &ResourceType, namespace: &str, name: &str) -> ApiResult<Arc<Value>> {
+    pub(crate) fn get_arc(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Arc<Value>> {
         let idx = resource_index(rt)?;
         let key = Self::key(rt, namespace, name);
         self.lock().objects[idx]
@@ -453,18 +496,36 @@ impl Store {
     /// Replaces an object (PUT). A non-empty `metadata.resourceVersion` in the
     /// body must equal the stored one (else 409 Conflict); without it the update
     /// is unconditional. For types with a status subresource `.status` is ignored.
-    pub fn replace(&self, rt: &ResourceType, namespace: &str, name: &str, obj: Value) -> ApiResult<Value> {
+    pub fn replace(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+    ) -> ApiResult<Value> {
         self.update(rt, namespace, name, false, move |_| Ok(obj))
     }
 
     /// Replaces only `.status` (PUT on `/status`); everything else in the body is ignored.
-    pub fn replace_status(&self, rt: &ResourceType, namespace: &str, name: &str, obj: Value) -> ApiResult<Value> {
+    pub fn replace_status(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+    ) -> ApiResult<Value> {
         self.status_subresource(rt)?;
         self.update(rt, namespace, name, true, move |_| Ok(obj))
     }
 
     /// Patches an object (PATCH). `.status` changes are ignored for types with a status subresource.
-    pub fn patch(&self, rt: &ResourceType, namespace: &str, name: &str, patch: &Patch) -> ApiResult<Value> {
+    pub fn patch(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        patch: &Patch,
+    ) -> ApiResult<Value> {
         self.update(rt, namespace, name, false, |old| {
             let mut new = old.clone();
             patch.apply(&mut new)?;
@@ -473,7 +534,13 @@ impl Store {
     }
 
     /// Patches only `.status` (PATCH on `/status`).
-    pub fn patch_status(&self, rt: &ResourceType, namespace: &str, name: &str, patch: &Patch) -> ApiResult<Value> {
+    pub fn patch_status(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        patch: &Patch,
+    ) -> ApiResult<Value> {
         self.status_subresource(rt)?;
         self.update(rt, namespace, name, true, |old| {
             let mut new = old.clone();
@@ -483,8 +550,19 @@ impl Store {
     }
 
     /// Convenience: merge-patches `.status` with `{"status": status}`.
-    pub fn merge_status(&self, rt: &ResourceType, namespace: &str, name: &str, status: Value) -> ApiResult<Value> {
-        self.patch_status(rt, namespace, name, &Patch::Merge(json!({ "status": status })))
+    pub fn merge_status(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> ApiResult<Value> {
+        self.patch_status(
+            rt,
+            namespace,
+            name,
+            &Patch::Merge(json!({ "status": status })),
+        )
     }
 
     fn status_subresource(&self, rt: &ResourceType) -> ApiResult<()> {
@@ -514,7 +592,10 @@ impl Store {
             let mut new = make(&old)?;
             stamp_type(rt, &mut new)?;
             let meta = metadata_mut(&mut new)?;
-            if let Some(n) = meta.get("name").and_then(Value::as_str).filter(|s| !s.is_empty())
+            if let Some(n) = meta
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
                 && n != name
             {
                 return Err(ApiError::bad_request(format!(
@@ -522,7 +603,10 @@ impl Store {
                 )));
             }
             if rt.namespaced
-                && let Some(n) = meta.get("namespace").and_then(Value::as_str).filter(|s| !s.is_empty())
+                && let Some(n) = meta
+                    .get("namespace")
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
                 && n != key.0
             {
                 return Err(ApiError::bad_request(
@@ -530,7 +614,10 @@ impl Store {
                 ));
             }
             let old_rv = str_at(&old, "/metadata/resourceVersion").unwrap_or_default();
-            if let Some(want) = meta.get("resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty())
+            if let Some(want) = meta
+                .get("resourceVersion")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
                 && want != old_rv
             {
                 return Err(ApiError::conflict(
@@ -581,7 +668,11 @@ impl Store {
                 return Ok(new);
             }
             if !status_only && !same_spec(&new, &old) {
-                let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+                let generation = old
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    + 1;
                 if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
                     meta.insert("generation".into(), json!(generation));
                 }
@@ -611,7 +702,13 @@ impl Store {
     }
 
     /// Deletes with preconditions. Deleting a namespace deletes everything in it first.
-    pub fn delete_with(&self, rt: &ResourceType, namespace: &str, name: &str, opts: &DeleteOptions) -> ApiResult<Value> {
+    pub fn delete_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Value> {
         let idx = resource_index(rt)?;
         let key = Self::key(rt, namespace, name);
         let (rv, out) = {
@@ -625,7 +722,9 @@ impl Store {
                     return Err(ApiError::conflict(
                         rt.plural,
                         name,
-                        &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"),
+                        &format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                        ),
                     ));
                 }
             }
@@ -666,8 +765,17 @@ impl Store {
     }
 
     /// Lists objects (`namespace: None` = all namespaces) as a `…List` object.
-    pub fn list(&self, rt: &ResourceType, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<Value> {
-        let selector = Selector::parse(opts.label_selector.as_deref(), opts.field_selector.as_deref(), rt)?;
+    pub fn list(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<Value> {
+        let selector = Selector::parse(
+            opts.label_selector.as_deref(),
+            opts.field_selector.as_deref(),
+            rt,
+        )?;
         let page = self.list_page(rt, namespace, &selector, opts)?;
         let mut meta = json!({"resourceVersion": page.rv.to_string()});
         if let Some(c) = &page.continue_token {
@@ -721,9 +829,16 @@ impl Store {
             && m != "Exact"
             && m != "NotOlderThan"
         {
-            return Err(ApiError::bad_request(format!("resourceVersionMatch: Unsupported value: {m:?}")));
+            return Err(ApiError::bad_request(format!(
+                "resourceVersionMatch: Unsupported value: {m:?}"
+            )));
         }
-        if opts.resource_version_match.as_deref().is_some_and(|m| !m.is_empty()) && requested_rv.is_none() {
+        if opts
+            .resource_version_match
+            .as_deref()
+            .is_some_and(|m| !m.is_empty())
+            && requested_rv.is_none()
+        {
             return Err(ApiError::bad_request(
                 "resourceVersionMatch is forbidden unless resourceVersion is provided",
             ));
@@ -836,8 +951,17 @@ impl Store {
 
     /// Deletes every matching object of a type in a namespace (or everywhere);
     /// returns the deleted objects as a list.
-    pub fn delete_collection(&self, rt: &ResourceType, namespace: Option<&str>, opts: &ListOptions) -> ApiResult<Value> {
-        let selector = Selector::parse(opts.label_selector.as_deref(), opts.field_selector.as_deref(), rt)?;
+    pub fn delete_collection(
+        &self,
+        rt: &ResourceType,
+        namespace: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<Value> {
+        let selector = Selector::parse(
+            opts.label_selector.as_deref(),
+            opts.field_selector.as_deref(),
+            rt,
+        )?;
         let page = self.list_page(rt, namespace, &selector, &ListOptions::default())?;
         let mut deleted = Vec::new();
         for item in page.items {
@@ -864,7 +988,12 @@ impl Store {
 
     /// Current objects of a type matching `namespace` and `selector`, with the
     /// revision they are consistent with (for watches starting without a RV).
-    pub(crate) fn snapshot(&self, idx: usize, namespace: Option<&str>, selector: &Selector) -> (u64, Vec<Arc<Value>>) {
+    pub(crate) fn snapshot(
+        &self,
+        idx: usize,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> (u64, Vec<Arc<Value>>) {
         let inner = self.lock();
         let items = inner.objects[idx]
             .iter()
@@ -916,9 +1045,21 @@ mod tests {
         assert_eq!(p["metadata"]["generation"], 1);
         assert_eq!(p["kind"], "Pod");
         assert_eq!(p["metadata"]["namespace"], "default");
-        assert_eq!(s.create(&PODS, "default", pod("a")).unwrap_err().reason, "AlreadyExists");
+        assert_eq!(
+            s.create(&PODS, "default", pod("a")).unwrap_err().reason,
+            "AlreadyExists"
+        );
         assert_eq!(s.create(&PODS, "nope", pod("a")).unwrap_err().code, 404);
-        assert_eq!(s.create(&PODS, "default", json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}})).unwrap_err().code, 422);
+        assert_eq!(
+            s.create(
+                &PODS,
+                "default",
+                json!({"metadata": {}, "spec": {"containers": [{"name": "c"}]}})
+            )
+            .unwrap_err()
+            .code,
+            422
+        );
         let mut other_ns = pod("b");
         other_ns["metadata"]["namespace"] = json!("kube-system");
         assert_eq!(s.create(&PODS, "default", other_ns).unwrap_err().code, 400);
@@ -938,7 +1079,10 @@ mod tests {
         let mut stale = p.clone();
         stale["metadata"]["resourceVersion"] = json!("1");
         stale["metadata"]["labels"]["y"] = json!("1");
-        assert_eq!(s.replace(&PODS, "default", "a", stale).unwrap_err().reason, "Conflict");
+        assert_eq!(
+            s.replace(&PODS, "default", "a", stale).unwrap_err().reason,
+            "Conflict"
+        );
         // status is ignored on main resource
         let mut upd = p.clone();
         upd["status"] = json!({"phase": "Running"});
@@ -957,17 +1101,35 @@ mod tests {
         assert!(st["metadata"]["labels"].get("z").is_none());
         // no-op update keeps RV
         let rv = s.resource_version();
-        let same = s.merge_status(&PODS, "default", "a", json!({"phase": "Running"})).unwrap();
+        let same = s
+            .merge_status(&PODS, "default", "a", json!({"phase": "Running"}))
+            .unwrap();
         assert_eq!(s.resource_version(), rv);
         assert_eq!(same["metadata"]["resourceVersion"], rv.to_string());
         // spec change bumps generation
         let g = s
-            .patch(&PODS, "default", "a", &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": 5}})))
+            .patch(
+                &PODS,
+                "default",
+                "a",
+                &Patch::Merge(json!({"spec": {"activeDeadlineSeconds": 5}})),
+            )
             .unwrap();
         assert_eq!(g["metadata"]["generation"], 2);
         // events have no status subresource
-        assert_eq!(s.merge_status(&EVENTS, "default", "a", json!({})).unwrap_err().code, 404);
-        let svc = s.create(&SERVICES, "default", json!({"metadata": {"name": "s"}, "spec": {}})).unwrap();
+        assert_eq!(
+            s.merge_status(&EVENTS, "default", "a", json!({}))
+                .unwrap_err()
+                .code,
+            404
+        );
+        let svc = s
+            .create(
+                &SERVICES,
+                "default",
+                json!({"metadata": {"name": "s"}, "spec": {}}),
+            )
+            .unwrap();
         assert_eq!(svc["spec"]["type"], "ClusterIP");
     }
 
@@ -978,13 +1140,17 @@ mod tests {
             s.create(&PODS, "default", pod(n)).unwrap();
         }
         let sel = Selector::default();
-        let opts = ListOptions { limit: Some(2), ..Default::default() };
+        let opts = ListOptions {
+            limit: Some(2),
+            ..Default::default()
+        };
         let p1 = s.list_page(&PODS, Some("default"), &sel, &opts).unwrap();
         assert_eq!(p1.items.len(), 2);
         // changes after the first page must not show in later pages
         s.delete(&PODS, "default", "d").unwrap();
         s.create(&PODS, "default", pod("bb")).unwrap();
-        s.merge_status(&PODS, "default", "c", json!({"phase": "Running"})).unwrap();
+        s.merge_status(&PODS, "default", "c", json!({"phase": "Running"}))
+            .unwrap();
         let mut names = Vec::new();
         let mut page = p1;
         loop {
@@ -994,9 +1160,20 @@ mod tests {
                     assert_eq!(i["status"]["phase"], "Pending");
                 }
             }
-            let Some(c) = page.continue_token.clone() else { break };
+            let Some(c) = page.continue_token.clone() else {
+                break;
+            };
             page = s
-                .list_page(&PODS, Some("default"), &sel, &ListOptions { limit: Some(2), continue_token: Some(c), ..Default::default() })
+                .list_page(
+                    &PODS,
+                    Some("default"),
+                    &sel,
+                    &ListOptions {
+                        limit: Some(2),
+                        continue_token: Some(c),
+                        ..Default::default()
+                    },
+                )
                 .unwrap();
         }
         assert_eq!(names, ["a", "b", "c", "d", "e"]);
@@ -1005,7 +1182,16 @@ mod tests {
         s.create(&PODS, "default", pod("zz")).unwrap();
         s.compact();
         let err = s
-            .list_page(&PODS, None, &sel, &ListOptions { limit: Some(2), continue_token: p.continue_token, ..Default::default() })
+            .list_page(
+                &PODS,
+                None,
+                &sel,
+                &ListOptions {
+                    limit: Some(2),
+                    continue_token: p.continue_token,
+                    ..Default::default()
+                },
+            )
             .unwrap_err();
         assert_eq!(err.code, 410);
     }
@@ -1013,7 +1199,8 @@ mod tests {
     #[test]
     fn namespace_delete_cascades_and_history_bounds() {
         let s = Store::new(3);
-        s.create(&NAMESPACES, "", json!({"metadata": {"name": "ns1"}})).unwrap();
+        s.create(&NAMESPACES, "", json!({"metadata": {"name": "ns1"}}))
+            .unwrap();
         s.create(&PODS, "ns1", pod("a")).unwrap();
         s.create(&PODS, "ns1", pod("b")).unwrap();
         s.create(&PODS, "default", pod("c")).unwrap();
@@ -1025,17 +1212,33 @@ mod tests {
         assert_eq!(s.changes_since(rv - 4, 10).unwrap_err().code, 410);
         s.compact();
         assert_eq!(s.changes_since(rv, 10).unwrap_err().code, 410);
-        assert!(s.changes_since(s.resource_version(), 10).unwrap().0.is_empty());
+        assert!(
+            s.changes_since(s.resource_version(), 10)
+                .unwrap()
+                .0
+                .is_empty()
+        );
     }
 
     #[test]
     fn delete_preconditions() {
         let s = Store::default();
         s.create(&PODS, "default", pod("a")).unwrap();
-        let opts = DeleteOptions { precondition_uid: Some("x".into()), ..Default::default() };
-        assert_eq!(s.delete_with(&PODS, "default", "a", &opts).unwrap_err().code, 409);
+        let opts = DeleteOptions {
+            precondition_uid: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            s.delete_with(&PODS, "default", "a", &opts)
+                .unwrap_err()
+                .code,
+            409
+        );
         let d = s.delete(&PODS, "default", "a").unwrap();
-        assert_eq!(d["metadata"]["resourceVersion"], s.resource_version().to_string());
+        assert_eq!(
+            d["metadata"]["resourceVersion"],
+            s.resource_version().to_string()
+        );
         assert_eq!(s.delete(&PODS, "default", "a").unwrap_err().code, 404);
     }
 }

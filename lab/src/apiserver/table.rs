@@ -22,27 +22,45 @@ pub fn human_duration(secs: i64) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if minutes < 10 {
-        if secs % 60 == 0 { format!("{minutes}m") } else { format!("{minutes}m{}s", secs % 60) }
+        if secs % 60 == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{}s", secs % 60)
+        }
     } else if minutes < 180 {
         format!("{minutes}m")
     } else if hours < 8 {
-        if minutes % 60 == 0 { format!("{hours}h") } else { format!("{hours}h{}m", minutes % 60) }
+        if minutes % 60 == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{}m", minutes % 60)
+        }
     } else if hours < 48 {
         format!("{hours}h")
     } else if hours < 24 * 8 {
-        if hours % 24 == 0 { format!("{}d", hours / 24) } else { format!("{}d{}h", hours / 24, hours % 24) }
+        if hours % 24 == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{}h", hours / 24, hours % 24)
+        }
     } else if hours < 24 * 365 * 2 {
         format!("{}d", hours / 24)
     } else if hours < 24 * 365 * 8 {
         let days = hours / 24;
-        if days % 365 == 0 { format!("{}y", days / 365) } else { format!("{}y{}d", days / 365, days % 365) }
+        if days % 365 == 0 {
+            format!("{}y", days / 365)
+        } else {
+            format!("{}y{}d", days / 365, days % 365)
+        }
     } else {
         format!("{}y", hours / 24 / 365)
     }
 }
 
 fn age(ts: Option<&str>) -> String {
-    let Some(ts) = ts else { return "<unknown>".into() };
+    let Some(ts) = ts else {
+        return "<unknown>".into();
+    };
     match ts.parse::<jiff::Timestamp>() {
         Ok(t) => human_duration(jiff::Timestamp::now().as_second() - t.as_second()),
         Err(_) => "<invalid>".into(),
@@ -79,7 +97,9 @@ pub fn pod_summary(pod: &Value) -> (String, String, String) {
     let mut has_running = false;
     for c in statuses.iter().rev() {
         restarts += c.get("restartCount").and_then(Value::as_i64).unwrap_or(0);
-        if let Some(t) = s(c, "/lastState/terminated/finishedAt").and_then(|t| t.parse::<jiff::Timestamp>().ok()) {
+        if let Some(t) =
+            s(c, "/lastState/terminated/finishedAt").and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        {
             last_death = Some(last_death.map_or(t.as_second(), |l| l.max(t.as_second())));
         }
         if let Some(w) = s(c, "/state/waiting/reason").filter(|r| !r.is_empty()) {
@@ -87,12 +107,21 @@ pub fn pod_summary(pod: &Value) -> (String, String, String) {
         } else if let Some(term) = c.pointer("/state/terminated") {
             reason = match s(term, "/reason").filter(|r| !r.is_empty()) {
                 Some(r) => r.to_string(),
-                None => match term.get("signal").and_then(Value::as_i64).filter(|x| *x != 0) {
+                None => match term
+                    .get("signal")
+                    .and_then(Value::as_i64)
+                    .filter(|x| *x != 0)
+                {
                     Some(sig) => format!("Signal:{sig}"),
-                    None => format!("ExitCode:{}", term.get("exitCode").and_then(Value::as_i64).unwrap_or(0)),
+                    None => format!(
+                        "ExitCode:{}",
+                        term.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    ),
                 },
             };
-        } else if c.pointer("/state/running").is_some() && c.get("ready") == Some(&Value::Bool(true)) {
+        } else if c.pointer("/state/running").is_some()
+            && c.get("ready") == Some(&Value::Bool(true))
+        {
             has_running = true;
             ready += 1;
         }
@@ -100,7 +129,10 @@ pub fn pod_summary(pod: &Value) -> (String, String, String) {
     if reason == "Completed" && has_running {
         reason = "Running".into();
     }
-    if pod.pointer("/metadata/deletionTimestamp").is_some_and(|d| !d.is_null()) {
+    if pod
+        .pointer("/metadata/deletionTimestamp")
+        .is_some_and(|d| !d.is_null())
+    {
         reason = "Terminating".into();
     }
     let restarts = match last_death {
@@ -132,7 +164,11 @@ fn row(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 json!("<none>"),
             ]
         }
-        "namespaces" => vec![name, json!(s(obj, "/status/phase").unwrap_or_default()), age],
+        "namespaces" => vec![
+            name,
+            json!(s(obj, "/status/phase").unwrap_or_default()),
+            age,
+        ],
         "services" => {
             let ports: Vec<String> = obj
                 .pointer("/spec/ports")
@@ -155,7 +191,11 @@ fn row(rt: &ResourceType, obj: &Value) -> Vec<Value> {
                 json!(s(obj, "/spec/type").unwrap_or("ClusterIP")),
                 or_none(s(obj, "/spec/clusterIP")),
                 json!("<none>"),
-                json!(if ports.is_empty() { "<none>".to_string() } else { ports.join(",") }),
+                json!(if ports.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    ports.join(",")
+                }),
                 age,
             ]
         }
@@ -165,17 +205,37 @@ fn row(rt: &ResourceType, obj: &Value) -> Vec<Value> {
 
 fn columns(rt: &ResourceType) -> Vec<Value> {
     let name = col("Name", 0, "Name must be unique within a namespace.");
-    let age = col("Age", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+    let age = col(
+        "Age",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
     match rt.plural {
         "pods" => vec![
             name,
-            col("Ready", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            col(
+                "Ready",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             age,
             col("IP", 1, "IP address allocated to the pod."),
             col("Node", 1, "Name of the node this pod is assigned to."),
-            col("Nominated Node", 1, "Name of the node this pod is nominated to run on."),
+            col(
+                "Nominated Node",
+                1,
+                "Name of the node this pod is nominated to run on.",
+            ),
             col("Readiness Gates", 1, "Readiness gates of the pod."),
         ],
         "namespaces" => vec![name, col("Status", 0, "The status of the namespace"), age],
@@ -244,6 +304,9 @@ mod tests {
         assert!(restarts.starts_with("1 ("), "{restarts}");
         let running = json!({"spec": {"containers": [{"name": "c"}]}, "status": {"phase": "Running",
             "containerStatuses": [{"name": "c", "ready": true, "restartCount": 0, "state": {"running": {}}}]}});
-        assert_eq!(pod_summary(&running), ("1/1".into(), "Running".into(), "0".into()));
+        assert_eq!(
+            pod_summary(&running),
+            ("1/1".into(), "Running".into(), "0".into())
+        );
     }
 }

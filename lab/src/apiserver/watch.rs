@@ -14,7 +14,8 @@
 //! additionally ends them with a bookmark annotated
 //! `k8s.io/initial-events-end: "true"` (streaming lists). With
 //! `allowWatchBookmarks=true` a `BOOKMARK` carrying the watch's current
-//! resourceVersion is sent every [`WatchHub::bookmark_interval`].
+//! resourceVersion is sent every [`WatchHub::bookmark_interval`]. Clients
+//! asking for Tables (`kubectl get -w`) get each object as a one-row Table.
 //! [`WatchHub::drop_all`] aborts every open stream mid-response (the connection
 //! is cut without the terminating chunk), like an API server restart.
 
@@ -34,6 +35,7 @@ use super::error::ApiError;
 use super::resources::ResourceType;
 use super::selectors::Selector;
 use super::store::{ChangeKind, Store};
+use super::table;
 
 /// Changes read from the history per batch (also the chunk size of initial events).
 const BATCH: usize = 1024;
@@ -90,6 +92,8 @@ pub struct WatchRequest {
     pub bookmarks: bool,
     /// `timeoutSeconds`.
     pub timeout: Option<Duration>,
+    /// Send objects as one-row `meta.k8s.io/v1` Tables (kubectl `get -w`).
+    pub table: bool,
 }
 
 struct ActiveGuard(Arc<WatchHub>);
@@ -164,15 +168,31 @@ impl Watcher {
     }
 
     async fn abort(&mut self) {
-        let _ = self
-            .tx
-            .try_send(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "watch dropped by the lab")));
+        let _ = self.tx.try_send(Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "watch dropped by the lab",
+        )));
     }
 
     async fn send_error(&mut self, err: &ApiError) {
         let mut buf = Vec::new();
         push_event(&mut buf, "ERROR", &err.to_status());
         let _ = self.send(buf).await;
+    }
+
+    /// Appends one ADDED/MODIFIED/DELETED event, as a Table row if asked for.
+    fn push(&self, buf: &mut Vec<u8>, kind: &str, object: &Arc<Value>) {
+        if self.req.table {
+            let rv = object
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let t = table::list_table(self.req.rt, std::slice::from_ref(object), rv, None);
+            push_event(buf, kind, &t);
+        } else {
+            push_event(buf, kind, object);
+        }
     }
 
     fn matches(&self, key_ns: &str, obj: &Value) -> bool {
@@ -184,7 +204,9 @@ impl Watcher {
         let mut changed = self.store.subscribe();
         changed.borrow_and_update();
         let deadline = self.req.timeout.map(|t| Instant::now() + t);
-        let Some(idx) = self.req.rt.index() else { return };
+        let Some(idx) = self.req.rt.index() else {
+            return;
+        };
         let rt = self.req.rt;
 
         let mut cursor = match self.req.resource_version.filter(|rv| *rv != 0) {
@@ -196,13 +218,13 @@ impl Watcher {
                 rv
             }
             _ => {
-                let (rv, objs) = self
-                    .store
-                    .snapshot(idx, self.req.namespace.as_deref(), &self.req.selector);
+                let (rv, objs) =
+                    self.store
+                        .snapshot(idx, self.req.namespace.as_deref(), &self.req.selector);
                 for chunk in objs.chunks(BATCH) {
                     let mut buf = Vec::with_capacity(chunk.len() * 1024);
                     for o in chunk {
-                        push_event(&mut buf, "ADDED", o);
+                        self.push(&mut buf, "ADDED", o);
                     }
                     if let Sent::Stop = self.send(buf).await {
                         return;
@@ -248,7 +270,7 @@ impl Watcher {
                         (ChangeKind::Modified, true, false) => "DELETED",
                         _ => continue,
                     };
-                    push_event(&mut buf, kind, &c.object);
+                    self.push(&mut buf, kind, &c.object);
                 }
                 if !buf.is_empty()
                     && let Sent::Stop = self.send(buf).await
