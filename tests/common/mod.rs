@@ -1,0 +1,372 @@
+//! Test harness: a lab API server, the real daemon binary against it, and helpers that
+//! write pod status the way the kubelet does and read `/metrics` over HTTP.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, EVENTS, NAMESPACES, PODS};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub const NS: &str = "grade-submission";
+
+/// A lab API server with the experiment's namespace.
+pub struct Cluster {
+    pub lab: ApiServer,
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    pub async fn start() -> Cluster {
+        let lab = ApiServer::start(ApiServerConfig::default())
+            .await
+            .expect("lab API server starts");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kubeconfig = dir.path().join("kubeconfig");
+        lab.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
+        lab.store()
+            .create(&NAMESPACES, "", json!({"metadata": {"name": NS}}))
+            .expect("namespace created");
+        Cluster {
+            lab,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// Creates a pod with one container `api` (48Mi limit), optionally owned by a
+    /// controller `(kind, name)`, plus `labels`. Returns its UID.
+    pub fn create_pod(&self, name: &str, owner: Option<(&str, &str)>, labels: Value) -> String {
+        let owners = owner.map(|(kind, owner_name)| {
+            json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner_name,
+                    "uid": format!("uid-{owner_name}"), "controller": true}])
+        });
+        let pod = json!({
+            "metadata": {"name": name, "labels": labels, "ownerReferences": owners.unwrap_or(json!([]))},
+            "spec": {"containers": [{
+                "name": "api",
+                "image": "rslim087/kubernetes-course-grade-submission-api:stateful",
+                "resources": {"limits": {"memory": "48Mi", "cpu": "128m"}, "requests": {"memory": "48Mi"}}
+            }]}
+        });
+        let created = self.lab.store().create(&PODS, NS, pod).expect("pod created");
+        created["metadata"]["uid"]
+            .as_str()
+            .expect("uid assigned")
+            .to_owned()
+    }
+
+    /// Writes the container status of `api` and the pod's Ready condition, as the kubelet does.
+    pub fn set_status(&self, pod: &str, container_status: Value) {
+        let ready = container_status["ready"].as_bool().unwrap_or(false);
+        let condition = if ready { "True" } else { "False" };
+        self.lab
+            .store()
+            .merge_status(
+                &PODS,
+                NS,
+                pod,
+                json!({
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "Ready", "status": condition},
+                        {"type": "ContainersReady", "status": condition}
+                    ],
+                    "containerStatuses": [container_status]
+                }),
+            )
+            .expect("status written");
+    }
+
+    pub fn delete_pod(&self, pod: &str) {
+        self.lab.store().delete(&PODS, NS, pod).expect("pod deleted");
+    }
+
+    /// Posts the kubelet's Event for a liveness-probe kill of container `api`.
+    pub fn post_liveness_kill(&self, pod: &str, pod_uid: &str, at: Timestamp) {
+        let event = json!({
+            "metadata": {"name": format!("{pod}.{}", at.as_second())},
+            "involvedObject": {"kind": "Pod", "namespace": NS, "name": pod, "uid": pod_uid,
+                               "apiVersion": "v1", "fieldPath": "spec.containers{api}"},
+            "reason": "Killing",
+            "message": "Container api failed liveness probe, will be restarted",
+            "type": "Normal",
+            "count": 1,
+            "firstTimestamp": rfc3339(at),
+            "lastTimestamp": rfc3339(at),
+            "source": {"component": "kubelet"}
+        });
+        self.lab.store().create(&EVENTS, NS, event).expect("event created");
+    }
+}
+
+/// Whole-second RFC 3339, as the kubelet writes timestamps.
+pub fn rfc3339(at: Timestamp) -> String {
+    Timestamp::from_second(at.as_second())
+        .expect("valid")
+        .to_string()
+}
+
+/// Now, truncated to the second like kubelet timestamps.
+pub fn now_s() -> Timestamp {
+    Timestamp::from_second(Timestamp::now().as_second()).expect("valid")
+}
+
+pub fn death(reason: &str, exit_code: i32, instance: &str, finished: Timestamp) -> Value {
+    json!({"terminated": {
+        "reason": reason, "exitCode": exit_code,
+        "startedAt": rfc3339(finished - jiff::SignedDuration::from_secs(60)),
+        "finishedAt": rfc3339(finished),
+        "containerID": format!("containerd://{instance}")
+    }})
+}
+
+pub fn running(restarts: u32, ready: bool, last: Option<Value>) -> Value {
+    json!({
+        "name": "api", "ready": ready, "started": true, "restartCount": restarts,
+        "image": "rslim087/kubernetes-course-grade-submission-api:stateful",
+        "containerID": format!("containerd://run-{restarts}"),
+        "state": {"running": {"startedAt": rfc3339(Timestamp::now())}},
+        "lastState": last.unwrap_or(json!({}))
+    })
+}
+
+pub fn terminated(restarts: u32, now: Value, last: Option<Value>) -> Value {
+    json!({
+        "name": "api", "ready": false, "started": false, "restartCount": restarts,
+        "containerID": now["terminated"]["containerID"].clone(),
+        "state": now,
+        "lastState": last.unwrap_or(json!({}))
+    })
+}
+
+pub fn crashloop(restarts: u32, last: Value) -> Value {
+    json!({
+        "name": "api", "ready": false, "started": false, "restartCount": restarts,
+        "state": {"waiting": {"reason": "CrashLoopBackOff",
+                  "message": "back-off 10s restarting failed container=api"}},
+        "lastState": last
+    })
+}
+
+/// The daemon binary, running against a cluster.
+pub struct Daemon {
+    pub child: Child,
+    pub port: u16,
+    pub stderr: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Daemon {
+    /// Starts the daemon with `config` (TOML) and waits until it is ready.
+    pub async fn start(cluster: &Cluster, config: &str) -> Daemon {
+        let daemon = Daemon::spawn(&cluster.kubeconfig, cluster.dir.path(), config);
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    pub fn spawn(kubeconfig: &std::path::Path, dir: &std::path::Path, config: &str) -> Daemon {
+        let port = free_port();
+        let config_path = dir.join(format!("config-{port}.toml"));
+        std::fs::write(&config_path, config).expect("config written");
+        let stderr = dir.join(format!("daemon-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info,selfheal_exporter=debug")
+            .env_remove("SELFHEAL_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).expect("log file"))
+            .spawn()
+            .expect("daemon starts");
+        Daemon {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    pub async fn get(&self, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+        http_get(self.port, path, accept).await
+    }
+
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some((200, _)) = self.get("/readyz", None).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("daemon not ready in 60 s; log:\n{}", self.log());
+    }
+
+    pub async fn scrape(&self) -> Scrape {
+        let (status, body) = self.get("/metrics", None).await.expect("/metrics answers");
+        assert_eq!(status, 200);
+        Scrape::parse(&body)
+    }
+
+    /// Scrapes until `done` holds (or panics after 30 s with the last scrape).
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let scrape = self.scrape().await;
+            if done(&scrape) {
+                return scrape;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last scrape:\n{}\nlog:\n{}",
+                    scrape.text,
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits (up to 30 s) for the exit.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status, started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon did not exit 30 s after SIGTERM");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback (no client library needed for tests).
+pub async fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A parsed Prometheus text exposition.
+pub struct Scrape {
+    pub text: String,
+    samples: Vec<(String, Vec<(String, String)>, f64)>,
+}
+
+impl Scrape {
+    pub fn parse(text: &str) -> Scrape {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let value: f64 = value.parse().ok()?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .filter_map(|pair| {
+                        let (key, value) = pair.split_once('=')?;
+                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
+                    })
+                    .collect();
+                Some((name.to_owned(), labels, value))
+            })
+            .collect();
+        Scrape {
+            text: text.to_owned(),
+            samples,
+        }
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    /// The single sample of `name` matching `labels`, if there is exactly one.
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let found: Vec<f64> = self.matching(name, labels).map(|(_, v)| v).collect();
+        (found.len() == 1).then(|| found[0])
+    }
+
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.matching(name, labels).next().is_some()
+    }
+
+    fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a Vec<(String, String)>, f64)> + 'a {
+        self.samples
+            .iter()
+            .filter(move |(n, have, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+            })
+            .map(|(_, labels, value)| (labels, *value))
+    }
+}
