@@ -37,7 +37,10 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .any(|accept| accept.contains("application/openmetrics-text"));
     let mut body = String::with_capacity(64 * 1024);
     let (encoded, content_type) = if wants_openmetrics {
-        (text::encode(&mut body, &state.registry), OPENMETRICS_CONTENT_TYPE)
+        (
+            text::encode(&mut body, &state.registry),
+            OPENMETRICS_CONTENT_TYPE,
+        )
     } else {
         (
             prometheus_text::encode(&mut body, &state.registry),
@@ -99,7 +102,11 @@ mod tests {
             .unwrap_or("")
             .to_owned();
         let body = to_bytes(response.into_body(), 1 << 20).await.expect("body");
-        (status, content_type, String::from_utf8_lossy(&body).into_owned())
+        (
+            status,
+            content_type,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     #[tokio::test]

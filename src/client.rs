@@ -112,14 +112,21 @@ current-context: lab
 
         let config = kube_config(Some(path), None).await.expect("config");
         assert_eq!(config.cluster_url.to_string(), "http://127.0.0.1:6443/");
-        let config = kube_config(Some(path), Some("other")).await.expect("config");
+        let config = kube_config(Some(path), Some("other"))
+            .await
+            .expect("config");
         assert_eq!(config.cluster_url.to_string(), "http://127.0.0.2:6443/");
 
-        let error = kube_config(Some(path), Some("nope")).await.expect_err("no such context");
+        let error = kube_config(Some(path), Some("nope"))
+            .await
+            .expect_err("no such context");
         assert!(error.to_string().contains("--context \"nope\""), "{error}");
         let error = kube_config(Some("/nonexistent/kubeconfig"), None)
             .await
             .expect_err("missing file");
-        assert!(error.to_string().contains("/nonexistent/kubeconfig"), "{error}");
+        assert!(
+            error.to_string().contains("/nonexistent/kubeconfig"),
+            "{error}"
+        );
     }
 }

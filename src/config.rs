@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use serde_saphyr::figment::Yaml;
 use serde::{Deserialize, Serialize};
+use serde_saphyr::figment::Yaml;
 use thiserror::Error;
 
 /// Prefix of the environment variables that set configuration keys. Nested keys use
@@ -124,11 +124,10 @@ impl Config {
         }
         // SELFHEAL_CONFIG names the file itself; it is not a configuration key.
         let env = env.ignore(&["CONFIG"]).split("__");
+        let figment = figment.merge(env).merge(Serialized::defaults(flags));
         let config: Config = figment
-            .merge(env)
-            .merge(Serialized::defaults(flags))
             .extract()
-            .map_err(|error| ConfigError::Invalid(one_line(&error)))?;
+            .map_err(|error| ConfigError::Invalid(one_line(&error, &figment)))?;
         config.validate()?;
         Ok(config)
     }
@@ -208,14 +207,54 @@ fn merge_file(figment: Figment, path: &Path) -> Result<Figment, ConfigError> {
     }
 }
 
-/// figment errors may chain several; the first names the key and its source.
-fn one_line(error: &figment::Error) -> String {
-    let first = error.clone().into_iter().next().unwrap_or_else(|| error.clone());
-    // Keys are reported under figment's profile ("default.watch.x"); users write "watch.x".
-    first
-        .to_string()
-        .replace('\n', " ")
-        .replace("key \"default.", "key \"")
+/// One line naming the key, its value and where it came from. figment may chain
+/// several errors; the first is reported.
+fn one_line(error: &figment::Error, figment: &Figment) -> String {
+    let first = error
+        .clone()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| error.clone());
+    let key = first
+        .path
+        .iter()
+        .map(|part| part.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".");
+    let from_env = first
+        .metadata
+        .as_ref()
+        .is_some_and(|meta| meta.name.contains("environment"));
+    let source = match &first.metadata {
+        _ if from_env => Some(format!(
+            "environment variable {ENV_PREFIX}{}",
+            first.path.join("__").to_ascii_uppercase()
+        )),
+        Some(meta) => Some(match &meta.source {
+            Some(source) => source.to_string(),
+            None => meta.name.to_string(),
+        }),
+        None => None,
+    };
+    let value = figment
+        .find_value(&key)
+        .ok()
+        .and_then(|value| serde_json::to_string(&value).ok());
+    let kind = first.kind.to_string().replace('\n', " ");
+    let mut line = String::from("config key ");
+    line.push_str(if key.is_empty() { "(top level)" } else { &key });
+    if let Some(value) = value {
+        line.push_str(" = ");
+        line.push_str(&value);
+    }
+    line.push_str(": ");
+    line.push_str(&kind);
+    if let Some(source) = source {
+        line.push_str(" (from ");
+        line.push_str(&source);
+        line.push(')');
+    }
+    line
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', 1..=63, alphanumeric at both ends.
@@ -354,19 +393,42 @@ mod tests {
         Jail::expect_with(|jail| {
             let cases = [
                 ("typo.toml", "[watch]\nnamespace = [\"a\"]\n", "namespace"),
-                ("buckets.toml", "[metrics]\ntime_to_recover_buckets = [5, 1]\n", "metrics.time_to_recover_buckets"),
-                ("negative.toml", "[metrics]\ntime_to_recover_buckets = [-1]\n", "metrics.time_to_recover_buckets"),
-                ("ns.toml", "[watch]\nnamespaces = [\"Bad_NS\"]\n", "watch.namespaces"),
-                ("duration.toml", "[metrics]\nretention = \"one hour\"\n", "retention"),
-                ("zero.toml", "[metrics]\nretention = \"0s\"\n", "metrics.retention"),
+                (
+                    "buckets.toml",
+                    "[metrics]\ntime_to_recover_buckets = [5, 1]\n",
+                    "metrics.time_to_recover_buckets",
+                ),
+                (
+                    "negative.toml",
+                    "[metrics]\ntime_to_recover_buckets = [-1]\n",
+                    "metrics.time_to_recover_buckets",
+                ),
+                (
+                    "ns.toml",
+                    "[watch]\nnamespaces = [\"Bad_NS\"]\n",
+                    "watch.namespaces",
+                ),
+                (
+                    "duration.toml",
+                    "[metrics]\nretention = \"one hour\"\n",
+                    "retention",
+                ),
+                (
+                    "zero.toml",
+                    "[metrics]\nretention = \"0s\"\n",
+                    "metrics.retention",
+                ),
                 ("listen.toml", "listen = \"nowhere\"\n", "listen"),
-                ("selector.toml", "[watch]\nlabel_selector = \"app in (a,b\"\n", "watch.label_selector"),
+                (
+                    "selector.toml",
+                    "[watch]\nlabel_selector = \"app in (a,b\"\n",
+                    "watch.label_selector",
+                ),
                 ("format.toml", "log_format = \"xml\"\n", "log_format"),
             ];
             for (name, body, key) in cases {
                 jail.create_file(name, body)?;
-                let error = load(jail, Some(name), &FlagOverrides::default())
-                    .expect_err(name);
+                let error = load(jail, Some(name), &FlagOverrides::default()).expect_err(name);
                 assert!(error.contains(key), "{name}: {error}");
                 assert!(!error.contains('\n'), "{name}: one line: {error}");
             }

@@ -61,7 +61,11 @@ pub fn register_build_info(registry: &mut Registry) {
         version: env!("CARGO_PKG_VERSION"),
     })
     .set(1);
-    registry.register("build_info", "Version of the running selfheal-exporter", info);
+    registry.register(
+        "build_info",
+        "Version of the running selfheal-exporter",
+        info,
+    );
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -265,7 +269,9 @@ impl Metrics {
             }
             Observation::Unavailable { workload, seconds } => {
                 let labels = self.workload_labels(workload);
-                self.unavailable.get_or_create_owned(&labels).inc_by(*seconds);
+                self.unavailable
+                    .get_or_create_owned(&labels)
+                    .inc_by(*seconds);
             }
             Observation::WorkloadExpired { workload } => self.remove_workload(workload),
             Observation::Anomaly(kind) => {
@@ -281,7 +287,11 @@ impl Metrics {
         workload_labels(workload)
     }
 
-    fn container_labels(&mut self, workload: &Arc<Workload>, container: &Arc<str>) -> ContainerLabels {
+    fn container_labels(
+        &mut self,
+        workload: &Arc<Workload>,
+        container: &Arc<str>,
+    ) -> ContainerLabels {
         let series = self.series.entry(workload.clone()).or_default();
         if !series.containers.contains(container) {
             series.containers.insert(container.clone());
@@ -289,7 +299,12 @@ impl Metrics {
         container_labels(workload, container)
     }
 
-    fn reason_labels(&mut self, workload: &Arc<Workload>, container: &Arc<str>, cause: Cause) -> ReasonLabels {
+    fn reason_labels(
+        &mut self,
+        workload: &Arc<Workload>,
+        container: &Arc<str>,
+        cause: Cause,
+    ) -> ReasonLabels {
         let series = self.series.entry(workload.clone()).or_default();
         series.reasons.insert((container.clone(), cause));
         ReasonLabels {
@@ -345,7 +360,11 @@ fn container_labels(workload: &Workload, container: &Arc<str>) -> ContainerLabel
     }
 }
 
-fn pod_container_labels(workload: &Workload, pod: &Arc<str>, container: &Arc<str>) -> PodContainerLabels {
+fn pod_container_labels(
+    workload: &Workload,
+    pod: &Arc<str>,
+    container: &Arc<str>,
+) -> PodContainerLabels {
     PodContainerLabels {
         namespace: workload.namespace.clone(),
         workload_kind: workload.kind.clone(),
@@ -387,8 +406,13 @@ mod tests {
         });
         let text = render(&registry);
         let labels = r#"namespace="grade-submission",workload_kind="Pod",workload="grade-submission-api",container="api""#;
-        assert!(text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 0")), "{text}");
-        assert!(text.contains(&format!("selfheal_container_memory_limit_bytes{{{labels}}} 50331648")));
+        assert!(
+            text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 0")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "selfheal_container_memory_limit_bytes{{{labels}}} 50331648"
+        )));
 
         metrics.record(&Observation::Died {
             workload: w.clone(),
@@ -414,7 +438,9 @@ mod tests {
         });
         let text = render(&registry);
         assert!(text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 1")));
-        assert!(text.contains(&format!("selfheal_container_last_termination_exit_code{{{labels}}} 137")));
+        assert!(text.contains(&format!(
+            "selfheal_container_last_termination_exit_code{{{labels}}} 137"
+        )));
         assert!(text.contains(&format!(
             "selfheal_container_restarts_total{{{labels},reason=\"OOMKilled\"}} 2"
         )));

@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
-use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -152,7 +152,11 @@ pub struct WatchLoop {
 
 type Indexed<K> = (usize, Result<Event<K>, watcher::Error>);
 
-fn watch_all<K>(client: &Client, scope: &Scope, config: &watcher::Config) -> SelectAll<BoxStream<'static, Indexed<K>>>
+fn watch_all<K>(
+    client: &Client,
+    scope: &Scope,
+    config: &watcher::Config,
+) -> SelectAll<BoxStream<'static, Indexed<K>>>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -161,16 +165,22 @@ where
         + Send
         + 'static,
 {
-    stream::select_all(scope.namespaces.iter().enumerate().map(|(index, namespace)| {
-        let api: Api<K> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
-        };
-        watcher(api, config.clone())
-            .default_backoff()
-            .map(move |event| (index, event))
-            .boxed()
-    }))
+    stream::select_all(
+        scope
+            .namespaces
+            .iter()
+            .enumerate()
+            .map(|(index, namespace)| {
+                let api: Api<K> = match namespace {
+                    Some(ns) => Api::namespaced(client.clone(), ns),
+                    None => Api::all(client.clone()),
+                };
+                watcher(api, config.clone())
+                    .default_backoff()
+                    .map(move |event| (index, event))
+                    .boxed()
+            }),
+    )
 }
 
 use kube::runtime::watcher::watcher;
@@ -178,9 +188,13 @@ use kube::runtime::watcher::watcher;
 impl WatchLoop {
     /// Runs until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: signal::Receiver<bool>) {
-        let mut pods = watch_all::<SlimPod>(&self.client, &self.scope, &self.scope.pod_watcher_config());
-        let mut events =
-            watch_all::<SlimEvent>(&self.client, &self.scope, &self.scope.event_watcher_config());
+        let mut pods =
+            watch_all::<SlimPod>(&self.client, &self.scope, &self.scope.pod_watcher_config());
+        let mut events = watch_all::<SlimEvent>(
+            &self.client,
+            &self.scope,
+            &self.scope.event_watcher_config(),
+        );
         let streams = self.scope.namespaces.len();
         let mut pod_readiness: Vec<WatchReadiness> =
             (0..streams).map(|_| self.health.register_watch()).collect();
@@ -309,8 +323,13 @@ mod tests {
         );
         assert_eq!(
             scope.event_watcher_config().field_selector.as_deref(),
-            Some("involvedObject.kind=Pod,reason=Killing,metadata.namespace!=b,metadata.namespace!=kube-system")
+            Some(
+                "involvedObject.kind=Pod,reason=Killing,metadata.namespace!=b,metadata.namespace!=kube-system"
+            )
         );
-        assert_eq!(scope.pod_watcher_config().label_selector.as_deref(), Some("app=x"));
+        assert_eq!(
+            scope.pod_watcher_config().label_selector.as_deref(),
+            Some("app=x")
+        );
     }
 }

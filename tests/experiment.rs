@@ -33,9 +33,14 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
     cluster.set_status(POD, running(0, true, None));
     let daemon = Daemon::start(&cluster, "").await;
     let scrape = daemon
-        .wait_for("the container to be seen", |s| s.has("selfheal_container_oom_kills_total", API))
+        .wait_for("the container to be seen", |s| {
+            s.has("selfheal_container_oom_kills_total", API)
+        })
         .await;
-    assert_eq!(scrape.get("selfheal_container_oom_kills_total", API), Some(0.0));
+    assert_eq!(
+        scrape.get("selfheal_container_oom_kills_total", API),
+        Some(0.0)
+    );
     assert_eq!(
         scrape.get("selfheal_container_memory_limit_bytes", API),
         Some(48.0 * 1024.0 * 1024.0)
@@ -52,7 +57,9 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
         .await;
     cluster.set_status(POD, running(1, true, Some(d1.clone())));
     let scrape = daemon
-        .wait_for("the first recovery", |s| s.get(&format!("{TTR}_count"), &with(&[("reason", "OOMKilled")])) == Some(1.0))
+        .wait_for("the first recovery", |s| {
+            s.get(&format!("{TTR}_count"), &with(&[("reason", "OOMKilled")])) == Some(1.0)
+        })
         .await;
     let first = scrape.sum(&format!("{TTR}_sum"), API);
     assert!((3.0..6.0).contains(&first), "first time to recover {first}");
@@ -67,7 +74,10 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
             s.get("selfheal_container_crashlooping", &with(&[("pod", POD)])) == Some(1.0)
         })
         .await;
-    assert_eq!(scrape.get("selfheal_container_oom_kills_total", API), Some(2.0));
+    assert_eq!(
+        scrape.get("selfheal_container_oom_kills_total", API),
+        Some(2.0)
+    );
     cluster.set_status(POD, running(2, false, Some(d2.clone())));
     cluster.set_status(POD, running(2, true, Some(d2)));
     let scrape = daemon
@@ -76,18 +86,30 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
         })
         .await;
     assert_eq!(
-        scrape.get("selfheal_container_restarts_total", &with(&[("reason", "OOMKilled")])),
+        scrape.get(
+            "selfheal_container_restarts_total",
+            &with(&[("reason", "OOMKilled")])
+        ),
         Some(2.0)
     );
     assert_eq!(scrape.sum("selfheal_container_restarts_total", API), 2.0);
-    assert_eq!(scrape.get("selfheal_container_oom_kills_total", API), Some(2.0));
-    assert_eq!(scrape.get("selfheal_container_last_termination_exit_code", API), Some(137.0));
+    assert_eq!(
+        scrape.get("selfheal_container_oom_kills_total", API),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.get("selfheal_container_last_termination_exit_code", API),
+        Some(137.0)
+    );
     assert_eq!(
         scrape.get("selfheal_container_crashlooping", &with(&[("pod", POD)])),
         Some(0.0)
     );
     let second = scrape.sum(&format!("{TTR}_sum"), API) - first;
-    assert!((10.0..13.0).contains(&second), "second time to recover {second}");
+    assert!(
+        (10.0..13.0).contains(&second),
+        "second time to recover {second}"
+    );
     // Both recoveries are in the 5 s and 20 s buckets respectively.
     let le = |bound: &'static str| with(&[("reason", "OOMKilled"), ("le", bound)]);
     assert_eq!(scrape.get(&format!("{TTR}_bucket"), &le("2")), Some(0.0));
@@ -124,7 +146,10 @@ async fn check_exposition_formats(daemon: &Daemon) {
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
-            assert!(output.status.success() && said.trim().is_empty(), "promtool: {said}\n{text}");
+            assert!(
+                output.status.success() && said.trim().is_empty(),
+                "promtool: {said}\n{text}"
+            );
         }
         Err(_) if std::env::var_os("CI").is_none() => {
             eprintln!("promtool not installed: skipping `promtool check metrics` (CI installs it)");
@@ -132,7 +157,10 @@ async fn check_exposition_formats(daemon: &Daemon) {
         Err(error) => panic!("promtool must be installed in CI: {error}"),
     }
     let (status, open) = daemon
-        .get("/metrics", Some("application/openmetrics-text;version=1.0.0"))
+        .get(
+            "/metrics",
+            Some("application/openmetrics-text;version=1.0.0"),
+        )
         .await
         .expect("openmetrics");
     assert_eq!(status, 200);
@@ -144,15 +172,28 @@ async fn check_exposition_formats(daemon: &Daemon) {
 async fn what_the_first_list_shows_is_baseline_and_a_new_pod_is_news() {
     let cluster = Cluster::start().await;
     cluster.create_pod(POD, None, serde_json::json!({}));
-    let old_death = death("OOMKilled", 137, "old", now_s() - SignedDuration::from_secs(600));
+    let old_death = death(
+        "OOMKilled",
+        137,
+        "old",
+        now_s() - SignedDuration::from_secs(600),
+    );
     cluster.set_status(POD, running(5, true, Some(old_death)));
     let daemon = Daemon::start(&cluster, "").await;
     let scrape = daemon
-        .wait_for("the container", |s| s.has("selfheal_container_oom_kills_total", API))
+        .wait_for("the container", |s| {
+            s.has("selfheal_container_oom_kills_total", API)
+        })
         .await;
-    assert_eq!(scrape.get("selfheal_container_oom_kills_total", API), Some(0.0));
+    assert_eq!(
+        scrape.get("selfheal_container_oom_kills_total", API),
+        Some(0.0)
+    );
     assert_eq!(scrape.sum("selfheal_container_restarts_total", API), 0.0);
-    assert_eq!(scrape.get("selfheal_container_last_termination_exit_code", API), Some(137.0));
+    assert_eq!(
+        scrape.get("selfheal_container_last_termination_exit_code", API),
+        Some(137.0)
+    );
 
     // A pod created while the daemon runs is news from its creation.
     let labels = [("workload", "late"), ("container", "api")];
@@ -161,7 +202,10 @@ async fn what_the_first_list_shows_is_baseline_and_a_new_pod_is_news() {
     cluster.set_status("late", running(1, true, Some(d)));
     let scrape = daemon
         .wait_for("the late pod's restart", |s| {
-            s.get("selfheal_container_restarts_total", &[labels[0], labels[1], ("reason", "Error")]) == Some(1.0)
+            s.get(
+                "selfheal_container_restarts_total",
+                &[labels[0], labels[1], ("reason", "Error")],
+            ) == Some(1.0)
         })
         .await;
     assert_eq!(scrape.sum("selfheal_container_restarts_total", API), 0.0);
@@ -173,8 +217,15 @@ async fn sigterm_turns_readiness_off_and_exits_zero() {
     let mut daemon = Daemon::start(&cluster, "").await;
     assert_eq!(daemon.get("/healthz", None).await.map(|r| r.0), Some(200));
     let (status, took) = daemon.terminate();
-    assert!(status.success(), "exit status {status:?}; log:\n{}", daemon.log());
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        daemon.log()
+    );
     eprintln!("daemon exited {took:?} after SIGTERM");
     let log = daemon.log();
-    assert!(log.contains("shutting down") && log.contains("stopped"), "{log}");
+    assert!(
+        log.contains("shutting down") && log.contains("stopped"),
+        "{log}"
+    );
 }

@@ -663,13 +663,19 @@ fn streams_have_their_own_baseline_and_relists() {
         observer: Observer::new(ObserverConfig::default(), 2),
         out: Vec::new(),
     };
-    let a = with(mk_pod("a", "ua"), running(1, true, Some(death("OOMKilled", 137, "c0", 1))));
+    let a = with(
+        mk_pod("a", "ua"),
+        running(1, true, Some(death("OOMKilled", 137, "c0", 1))),
+    );
     h.observer.begin_relist(0);
     h.observer.apply_pod(0, &a, t(5), &mut h.out);
     h.observer.end_relist(0, t(5), &mut h.out);
     assert!(!h.observer.is_synced(), "stream 1 has not listed yet");
     // Stream 1's baseline is not news either, even though stream 0 is synced.
-    let b = with(mk_pod("b", "ub"), running(2, true, Some(death("OOMKilled", 137, "c1", 1))));
+    let b = with(
+        mk_pod("b", "ub"),
+        running(2, true, Some(death("OOMKilled", 137, "c1", 1))),
+    );
     h.observer.begin_relist(1);
     h.observer.apply_pod(1, &b, t(6), &mut h.out);
     h.observer.end_relist(1, t(6), &mut h.out);

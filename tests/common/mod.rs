@@ -28,7 +28,8 @@ impl Cluster {
             .expect("lab API server starts");
         let dir = tempfile::tempdir().expect("tempdir");
         let kubeconfig = dir.path().join("kubeconfig");
-        lab.write_kubeconfig(&kubeconfig).expect("kubeconfig written");
+        lab.write_kubeconfig(&kubeconfig)
+            .expect("kubeconfig written");
         lab.store()
             .create(&NAMESPACES, "", json!({"metadata": {"name": NS}}))
             .expect("namespace created");
@@ -54,7 +55,11 @@ impl Cluster {
                 "resources": {"limits": {"memory": "48Mi", "cpu": "128m"}, "requests": {"memory": "48Mi"}}
             }]}
         });
-        let created = self.lab.store().create(&PODS, NS, pod).expect("pod created");
+        let created = self
+            .lab
+            .store()
+            .create(&PODS, NS, pod)
+            .expect("pod created");
         created["metadata"]["uid"]
             .as_str()
             .expect("uid assigned")
@@ -84,7 +89,10 @@ impl Cluster {
     }
 
     pub fn delete_pod(&self, pod: &str) {
-        self.lab.store().delete(&PODS, NS, pod).expect("pod deleted");
+        self.lab
+            .store()
+            .delete(&PODS, NS, pod)
+            .expect("pod deleted");
     }
 
     /// Posts the kubelet's Event for a liveness-probe kill of container `api`.
@@ -101,7 +109,10 @@ impl Cluster {
             "lastTimestamp": rfc3339(at),
             "source": {"component": "kubelet"}
         });
-        self.lab.store().create(&EVENTS, NS, event).expect("event created");
+        self.lab
+            .store()
+            .create(&EVENTS, NS, event)
+            .expect("event created");
     }
 }
 
@@ -271,8 +282,12 @@ impl Drop for Daemon {
 
 /// A minimal HTTP/1.1 GET over loopback (no client library needed for tests).
 pub async fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
@@ -281,7 +296,10 @@ pub async fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u1
     let response = String::from_utf8_lossy(&response).into_owned();
     let (head, body) = response.split_once("\r\n\r\n")?;
     let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_owned()
@@ -304,10 +322,13 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// One sample line: metric name, label pairs, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// A parsed Prometheus text exposition.
 pub struct Scrape {
     pub text: String,
-    samples: Vec<(String, Vec<(String, String)>, f64)>,
+    samples: Vec<Sample>,
 }
 
 impl Scrape {
