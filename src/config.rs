@@ -175,6 +175,19 @@ impl Config {
                 });
             }
         }
+        let watch = &self.watch;
+        if !watch.namespaces.is_empty()
+            && watch
+                .namespaces
+                .iter()
+                .all(|ns| watch.exclude_namespaces.contains(ns))
+        {
+            return Err(ConfigError::Value {
+                key: "watch.exclude_namespaces",
+                value: format!("{:?}", watch.exclude_namespaces),
+                reason: "excludes every namespace listed in watch.namespaces: nothing would be observed",
+            });
+        }
         if let Err(reason) = check_label_selector(&self.watch.label_selector) {
             return Err(ConfigError::Value {
                 key: "watch.label_selector",
@@ -425,6 +438,11 @@ mod tests {
                     "watch.label_selector",
                 ),
                 ("format.toml", "log_format = \"xml\"\n", "log_format"),
+                (
+                    "nothing.toml",
+                    "[watch]\nnamespaces = [\"a\"]\nexclude_namespaces = [\"a\"]\n",
+                    "watch.exclude_namespaces",
+                ),
             ];
             for (name, body, key) in cases {
                 jail.create_file(name, body)?;
