@@ -12,6 +12,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::figment::Yaml;
+
+use crate::prober::target::{ProbeSpec, StaticTarget};
 use thiserror::Error;
 
 /// Prefix of the environment variables that set configuration keys. Nested keys use
@@ -26,6 +28,14 @@ pub struct Config {
     pub log_format: LogFormat,
     pub watch: WatchConfig,
     pub metrics: MetricsConfig,
+    pub probes: ProbesConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// Targets probed continuously (`[[probes.targets]]`).
+    pub targets: Vec<StaticTarget>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -68,6 +78,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             watch: WatchConfig::default(),
             metrics: MetricsConfig::default(),
+            probes: ProbesConfig::default(),
         }
     }
 }
@@ -101,9 +112,9 @@ pub enum ConfigError {
     Invalid(String),
     #[error("config key {key} = {value}: {reason}")]
     Value {
-        key: &'static str,
+        key: String,
         value: String,
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -137,30 +148,30 @@ impl Config {
         let value = || format!("{buckets:?}");
         if buckets.is_empty() {
             return Err(ConfigError::Value {
-                key: "metrics.time_to_recover_buckets",
+                key: "metrics.time_to_recover_buckets".into(),
                 value: value(),
-                reason: "needs at least one bucket",
+                reason: "needs at least one bucket".into(),
             });
         }
         if buckets.iter().any(|b| !b.is_finite() || *b <= 0.0) {
             return Err(ConfigError::Value {
-                key: "metrics.time_to_recover_buckets",
+                key: "metrics.time_to_recover_buckets".into(),
                 value: value(),
-                reason: "bucket bounds must be positive finite seconds",
+                reason: "bucket bounds must be positive finite seconds".into(),
             });
         }
         if buckets.windows(2).any(|pair| pair[0] >= pair[1]) {
             return Err(ConfigError::Value {
-                key: "metrics.time_to_recover_buckets",
+                key: "metrics.time_to_recover_buckets".into(),
                 value: value(),
-                reason: "bucket bounds must be strictly increasing",
+                reason: "bucket bounds must be strictly increasing".into(),
             });
         }
         if self.metrics.retention.is_zero() {
             return Err(ConfigError::Value {
-                key: "metrics.retention",
+                key: "metrics.retention".into(),
                 value: "0s".into(),
-                reason: "must be longer than zero",
+                reason: "must be longer than zero".into(),
             });
         }
         for (key, namespaces) in [
@@ -169,9 +180,9 @@ impl Config {
         ] {
             if let Some(bad) = namespaces.iter().find(|ns| !is_dns_label(ns)) {
                 return Err(ConfigError::Value {
-                    key,
+                    key: key.into(),
                     value: format!("{bad:?}"),
-                    reason: "not a valid namespace name (RFC 1123 label)",
+                    reason: "not a valid namespace name (RFC 1123 label)".into(),
                 });
             }
         }
@@ -183,19 +194,43 @@ impl Config {
                 .all(|ns| watch.exclude_namespaces.contains(ns))
         {
             return Err(ConfigError::Value {
-                key: "watch.exclude_namespaces",
+                key: "watch.exclude_namespaces".into(),
                 value: format!("{:?}", watch.exclude_namespaces),
-                reason: "excludes every namespace listed in watch.namespaces: nothing would be observed",
+                reason:
+                    "excludes every namespace listed in watch.namespaces: nothing would be observed"
+                        .into(),
             });
         }
         if let Err(reason) = check_label_selector(&self.watch.label_selector) {
             return Err(ConfigError::Value {
-                key: "watch.label_selector",
+                key: "watch.label_selector".into(),
                 value: format!("{:?}", self.watch.label_selector),
-                reason,
+                reason: reason.into(),
             });
         }
+        self.probe_specs()?;
         Ok(())
+    }
+
+    /// The static probe targets, validated.
+    pub fn probe_specs(&self) -> Result<Vec<ProbeSpec>, ConfigError> {
+        let mut specs: Vec<ProbeSpec> = Vec::with_capacity(self.probes.targets.len());
+        for (index, target) in self.probes.targets.iter().enumerate() {
+            let spec = target.compile().map_err(|invalid| ConfigError::Value {
+                key: format!("probes.targets[{index}].{}", invalid.field),
+                value: invalid.value,
+                reason: invalid.reason,
+            })?;
+            if specs.iter().any(|other| other.name == spec.name) {
+                return Err(ConfigError::Value {
+                    key: format!("probes.targets[{index}].name"),
+                    value: format!("{:?}", target.name),
+                    reason: "another target has the same name".into(),
+                });
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 
     /// The effective configuration, as a TOML document.
@@ -461,9 +496,31 @@ mod tests {
     }
 
     #[test]
+    fn probe_targets_are_read_with_their_defaults() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                "[[probes.targets]]\nname = \"grade\"\nurl = \"http://127.0.0.1:31000/grade\"\ninterval = \"250ms\"\n",
+            )?;
+            let config = load(jail, Some("p.toml"), &FlagOverrides::default())?;
+            let specs = config.probe_specs().map_err(|e| e.to_string())?;
+            assert_eq!(specs.len(), 1);
+            assert_eq!(specs[0].interval, Duration::from_millis(250));
+            assert_eq!(specs[0].timeout, Duration::from_secs(1));
+            assert!(specs[0].expect_status.accepts(204));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn the_effective_config_round_trips_through_toml() {
         Jail::expect_with(|jail| {
-            let config = Config::default();
+            let mut config = Config::default();
+            config.probes.targets = toml::from_str::<ProbesConfig>(
+                "[[targets]]\nname = \"a\"\nurl = \"http://x/\"\nheaders = { X-Probe = \"1\" }\n",
+            )
+            .map_err(|e| e.to_string())?
+            .targets;
             jail.create_file("out.toml", &config.to_toml())?;
             let again = load(jail, Some("out.toml"), &FlagOverrides::default())?;
             assert_eq!(again, config);

@@ -14,6 +14,8 @@ use selfheal_exporter::config::Config;
 use selfheal_exporter::health::Health;
 use selfheal_exporter::metrics::{Metrics, register_build_info};
 use selfheal_exporter::observer::{Observer, ObserverConfig};
+use selfheal_exporter::prober::Prober;
+use selfheal_exporter::prober::metrics::ProbeMetrics;
 use selfheal_exporter::shutdown;
 use selfheal_exporter::watch::{Scope, WatchLoop, WatchMetrics};
 use tokio::net::TcpListener;
@@ -53,6 +55,18 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     register_build_info(&mut registry);
     let metrics = Metrics::register(&mut registry, &config.metrics.time_to_recover_buckets);
     let watch_metrics = WatchMetrics::register(&mut registry);
+    let probe_metrics = ProbeMetrics::register(&mut registry);
+    let prober = match config
+        .probe_specs()
+        .map_err(|error| error.to_string())
+        .and_then(|specs| Prober::new(specs, probe_metrics).map_err(|error| error.to_string()))
+    {
+        Ok(prober) => prober,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::from(2);
+        }
+    };
     let health = Health::default();
     let scope = Scope::from_config(&config.watch);
     let observer = Observer::new(
@@ -78,6 +92,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     });
     tracing::info!(listen = %config.listen, %api_url, version = env!("CARGO_PKG_VERSION"), "selfheal-exporter started");
     tokio::spawn(check_api_server(client.clone(), api_url));
+    let probes = tokio::spawn(prober.run(stopped.clone()));
     let watches = tokio::spawn(
         WatchLoop {
             client,
@@ -108,6 +123,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let _ = stop.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
         let _ = watches.await;
+        let _ = probes.await;
         let _ = server.await;
     });
     if drained.await.is_err() {

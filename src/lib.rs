@@ -10,6 +10,7 @@ pub mod health;
 pub mod kube_types;
 pub mod metrics;
 pub mod observer;
+pub mod prober;
 pub mod quantity;
 pub mod shutdown;
 pub mod watch;

@@ -1,0 +1,114 @@
+//! End to end: the daemon probes a local HTTP target that goes away for a known window.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An HTTP server on a fixed port that can be stopped (connections refused) and restarted.
+struct Flaky {
+    port: u16,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Flaky {
+    async fn start() -> Flaky {
+        let mut flaky = Flaky {
+            port: free_port(),
+            task: None,
+        };
+        flaky.up().await;
+        flaky
+    }
+
+    async fn up(&mut self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind");
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        }));
+    }
+
+    fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_of_the_target_is_measured_as_clients_see_it() {
+    let cluster = Cluster::start().await;
+    let mut target = Flaky::start().await;
+    let config = format!(
+        "[[probes.targets]]\nname = \"flaky\"\nurl = \"http://127.0.0.1:{}/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\n",
+        target.port
+    );
+    let daemon = Daemon::start(&cluster, &config).await;
+    let flaky = [("target", "flaky")];
+    daemon
+        .wait_for("the target up", |s| {
+            s.get("selfheal_probe_up", &flaky) == Some(1.0)
+        })
+        .await;
+
+    target.down();
+    let went_down = Instant::now();
+    daemon
+        .wait_for("the target down", |s| {
+            s.get("selfheal_probe_up", &flaky) == Some(0.0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1000).saturating_sub(went_down.elapsed())).await;
+    target.up().await;
+    let truth = went_down.elapsed().as_secs_f64();
+
+    let scrape = daemon
+        .wait_for("the outage to end", |s| {
+            s.get(
+                "selfheal_probe_outages_total",
+                &[("target", "flaky"), ("cause", "unknown")],
+            ) == Some(1.0)
+        })
+        .await;
+    assert_eq!(scrape.get("selfheal_probe_up", &flaky), Some(1.0));
+    let downtime = scrape.sum("selfheal_probe_downtime_seconds_total", &flaky);
+    let outage = scrape.sum("selfheal_probe_outage_duration_seconds_sum", &flaky);
+    eprintln!("true outage {truth:.3} s, measured downtime {downtime:.3} s, outage {outage:.3} s");
+    // Loose bounds: the precision (within one 100 ms interval) is measured, not asserted.
+    assert!(
+        (truth - 0.6..truth + 0.6).contains(&downtime),
+        "downtime {downtime} vs {truth}"
+    );
+    assert!(
+        (downtime - outage).abs() < 1e-6,
+        "downtime {downtime} vs outage {outage}"
+    );
+    assert!(
+        scrape.sum(
+            "selfheal_probe_requests_total",
+            &[("target", "flaky"), ("result", "connection_refused")]
+        ) >= 1.0
+    );
+    assert!(
+        scrape.sum(
+            "selfheal_probe_requests_total",
+            &[("target", "flaky"), ("result", "success")]
+        ) >= 2.0
+    );
+}
