@@ -75,6 +75,7 @@ pub struct PodCondition {
     pub type_: String,
     #[serde(default)]
     pub status: String,
+    pub last_transition_time: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

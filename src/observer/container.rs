@@ -16,6 +16,9 @@ use super::cause::Cause;
 use super::{Anomaly, Observation, PodContext, Sink};
 use crate::kube_types::{ContainerStatus, StateTerminated};
 
+/// Readiness seen later than this after the kubelet's Ready transition was seen late.
+const LATE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
+
 /// A death the tracker has counted (or taken as baseline).
 #[derive(Debug)]
 struct Death {
@@ -197,7 +200,15 @@ impl ContainerTracker {
         let Some(finished_at) = death.finished_at else {
             return;
         };
-        let mut seconds = ctx.now.duration_since(finished_at).as_secs_f64();
+        // Normally the daemon sees readiness as it happens, so "now" is the most precise
+        // end. When it sees it late (a relist after a watch gap, a pod first seen long
+        // after), the kubelet's own record of the Ready transition is the better end; it
+        // is on the same clock as finishedAt, so no skew enters either.
+        let ready_at = match ctx.ready_since {
+            Some(since) if since >= finished_at && ctx.now.duration_since(since) > LATE => since,
+            _ => ctx.now,
+        };
+        let mut seconds = ready_at.duration_since(finished_at).as_secs_f64();
         if seconds < 0.0 {
             // The node's clock is ahead of ours: clamp rather than export a negative.
             sink.anomaly(Anomaly::ClockSkew);

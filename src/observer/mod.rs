@@ -137,6 +137,8 @@ pub struct PodContext {
     workload: Arc<Workload>,
     /// terminationGracePeriodSeconds: how long after a kill the death may come.
     grace: SignedDuration,
+    /// When the pod last became Ready, by the kubelet's clock (if it is Ready).
+    ready_since: Option<Timestamp>,
     now: Timestamp,
     news: bool,
 }
@@ -230,6 +232,7 @@ impl PodState {
             pod_name: self.name.clone(),
             workload: self.workload.clone(),
             grace: self.grace,
+            ready_since: None,
             now,
             news,
         }
@@ -343,11 +346,12 @@ impl Observer {
             return;
         };
         let news = synced;
-        let ready = pod
+        let ready_condition = pod
             .status
             .conditions
             .iter()
-            .any(|condition| condition.type_ == "Ready" && condition.status == "True");
+            .find(|condition| condition.type_ == "Ready" && condition.status == "True");
+        let ready = ready_condition.is_some();
 
         let uid: Arc<str> = match self.pods.get_key_value(uid.as_str()) {
             Some((uid, _)) => uid.clone(),
@@ -406,7 +410,9 @@ impl Observer {
                 });
             }
         }
-        let ctx = state.context(&uid, now, news);
+        let mut ctx = state.context(&uid, now, news);
+        ctx.ready_since = ready_condition
+            .and_then(|condition| sink.parse_time(condition.last_transition_time.as_deref()));
         let statuses = pod
             .status
             .init_container_statuses

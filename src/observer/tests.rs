@@ -52,6 +52,7 @@ fn with(mut pod: SlimPod, status: ContainerStatus) -> SlimPod {
     pod.status.conditions = vec![PodCondition {
         type_: "Ready".into(),
         status: if ready { "True" } else { "False" }.into(),
+        last_transition_time: None,
     }];
     pod
 }
@@ -685,4 +686,29 @@ fn streams_have_their_own_baseline_and_relists() {
     h.observer.begin_relist(1);
     h.observer.end_relist(1, t(7), &mut h.out);
     assert_eq!(h.observer.pod_count(), 1);
+}
+
+#[test]
+fn a_recovery_seen_late_is_timed_by_the_kubelets_ready_transition() {
+    let mut h = Harness::synced_with(&[]);
+    // First seen (e.g. in a relist after a watch gap) 10 minutes after it became ready.
+    let mut pod = with(
+        mk_pod("p", "u"),
+        running(1, true, Some(death("OOMKilled", 137, "c0", 100))),
+    );
+    pod.status.conditions[0].last_transition_time = ts(104);
+    h.apply(&pod, 700);
+    assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 4.0)]);
+}
+
+#[test]
+fn a_recovery_seen_live_is_timed_by_the_daemons_clock() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let mut pod = with(
+        mk_pod("p", "u"),
+        running(1, true, Some(death("OOMKilled", 137, "c0", 100))),
+    );
+    pod.status.conditions[0].last_transition_time = ts(103);
+    h.apply(&pod, 104);
+    assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 4.0)]);
 }
