@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -12,6 +12,7 @@ use prometheus_client::encoding::{prometheus_text, text};
 use prometheus_client::registry::Registry;
 
 use crate::health::Health;
+use crate::incidents::{SharedIncidentLog, lock};
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -19,6 +20,7 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub health: Health,
+    pub incidents: SharedIncidentLog,
 }
 
 pub fn app(state: AdminState) -> Router {
@@ -26,6 +28,7 @@ pub fn app(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/api/v1/incidents", get(incidents))
         .with_state(state)
 }
 
@@ -56,6 +59,31 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
     }
 }
 
+#[derive(serde::Deserialize)]
+struct IncidentsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/incidents[?limit=N]`: restarts and outages, newest first.
+async fn incidents(
+    State(state): State<AdminState>,
+    Query(query): Query<IncidentsQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(100);
+    let incidents = lock(&state.incidents).newest(limit);
+    match serde_json::to_string(&serde_json::json!({ "incidents": incidents })) {
+        Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode incidents");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode incidents\n",
+            )
+                .into_response()
+        }
+    }
+}
+
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.health.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
@@ -82,6 +110,8 @@ mod tests {
         AdminState {
             registry: Arc::new(registry),
             health: Health::default(),
+            incidents: crate::incidents::IncidentLog::new(10, std::time::Duration::from_secs(2))
+                .shared(),
         }
     }
 
@@ -121,6 +151,17 @@ mod tests {
         let (_, content_type, body) = get(app(state()), "/metrics", Some(accept)).await;
         assert!(content_type.starts_with("application/openmetrics-text"));
         assert!(body.ends_with("# EOF\n"));
+    }
+
+    #[tokio::test]
+    async fn incidents_are_served_as_json() {
+        let (status, content_type, body) =
+            get(app(state()), "/api/v1/incidents?limit=5", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "application/json");
+        assert_eq!(body, r#"{"incidents":[]}"#);
+        let (status, _, _) = get(app(state()), "/api/v1/incidents?limit=many", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
     #[tokio::test]

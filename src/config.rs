@@ -29,13 +29,40 @@ pub struct Config {
     pub watch: WatchConfig,
     pub metrics: MetricsConfig,
     pub probes: ProbesConfig,
+    pub incidents: IncidentsConfig,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
+    /// An outage is explained by a death of a fronted pod that finished within the
+    /// outage, widened by one probe interval and this slack.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub correlation_slack: Duration,
     /// Targets probed continuously (`[[probes.targets]]`).
     pub targets: Vec<StaticTarget>,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        ProbesConfig {
+            correlation_slack: Duration::from_secs(2),
+            targets: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IncidentsConfig {
+    /// How many restarts, and how many outages, `/api/v1/incidents` remembers.
+    pub capacity: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig { capacity: 500 }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -79,6 +106,7 @@ impl Default for Config {
             watch: WatchConfig::default(),
             metrics: MetricsConfig::default(),
             probes: ProbesConfig::default(),
+            incidents: IncidentsConfig::default(),
         }
     }
 }
@@ -206,6 +234,13 @@ impl Config {
                 key: "watch.label_selector".into(),
                 value: format!("{:?}", self.watch.label_selector),
                 reason: reason.into(),
+            });
+        }
+        if self.incidents.capacity == 0 || self.incidents.capacity > 100_000 {
+            return Err(ConfigError::Value {
+                key: "incidents.capacity".into(),
+                value: self.incidents.capacity.to_string(),
+                reason: "must be between 1 and 100000".into(),
             });
         }
         self.probe_specs()?;

@@ -12,6 +12,7 @@ use selfheal_exporter::admin::{self, AdminState};
 use selfheal_exporter::client::kube_config;
 use selfheal_exporter::config::Config;
 use selfheal_exporter::health::Health;
+use selfheal_exporter::incidents::IncidentLog;
 use selfheal_exporter::metrics::{Metrics, register_build_info};
 use selfheal_exporter::observer::{Observer, ObserverConfig};
 use selfheal_exporter::prober::Prober;
@@ -56,11 +57,14 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let metrics = Metrics::register(&mut registry, &config.metrics.time_to_recover_buckets);
     let watch_metrics = WatchMetrics::register(&mut registry);
     let probe_metrics = ProbeMetrics::register(&mut registry);
+    let incidents =
+        IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
     let prober = match config
         .probe_specs()
         .map_err(|error| error.to_string())
-        .and_then(|specs| Prober::new(specs, probe_metrics).map_err(|error| error.to_string()))
-    {
+        .and_then(|specs| {
+            Prober::new(specs, probe_metrics, incidents.clone()).map_err(|error| error.to_string())
+        }) {
         Ok(prober) => prober,
         Err(error) => {
             tracing::error!("{error}");
@@ -81,6 +85,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let app = admin::app(AdminState {
         registry: Arc::new(registry),
         health: health.clone(),
+        incidents: incidents.clone(),
     });
     let mut server_stop = stopped.clone();
     let mut server = tokio::spawn(async move {
@@ -101,6 +106,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
             metrics,
             watch_metrics,
             health: health.clone(),
+            incidents,
         }
         .run(stopped),
     );

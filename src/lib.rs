@@ -7,6 +7,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod health;
+pub mod incidents;
 pub mod kube_types;
 pub mod metrics;
 pub mod observer;

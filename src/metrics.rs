@@ -274,6 +274,7 @@ impl Metrics {
                     .inc_by(*seconds);
             }
             Observation::WorkloadExpired { workload } => self.remove_workload(workload),
+            Observation::Incident(_) => {}
             Observation::Anomaly(kind) => {
                 self.anomalies
                     .get_or_create_owned(&AnomalyLabels { kind: *kind })

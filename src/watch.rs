@@ -22,6 +22,7 @@ use tokio::sync::watch as signal;
 
 use crate::config::WatchConfig;
 use crate::health::{Health, WatchReadiness};
+use crate::incidents::{SharedIncidentLog, lock};
 use crate::kube_types::{SlimEvent, SlimPod};
 use crate::metrics::Metrics;
 use crate::observer::{Observation, Observer};
@@ -148,6 +149,7 @@ pub struct WatchLoop {
     pub metrics: Metrics,
     pub watch_metrics: WatchMetrics,
     pub health: Health,
+    pub incidents: SharedIncidentLog,
 }
 
 type Indexed<K> = (usize, Result<Event<K>, watcher::Error>);
@@ -217,9 +219,16 @@ impl WatchLoop {
                     self.observer.tick(Timestamp::now(), &mut out);
                 }
             }
+            let mut log = None;
             for observation in out.drain(..) {
-                self.metrics.record(&observation);
+                match &observation {
+                    Observation::Incident(update) => log
+                        .get_or_insert_with(|| lock(&self.incidents))
+                        .apply(update),
+                    _ => self.metrics.record(&observation),
+                }
             }
+            drop(log);
             self.metrics
                 .set_observed_containers(self.observer.container_count());
         }

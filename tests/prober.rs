@@ -112,3 +112,64 @@ async fn an_outage_of_the_target_is_measured_as_clients_see_it() {
         ) >= 2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
+    let cluster = Cluster::start().await;
+    cluster.create_pod("grade-submission-api", None, serde_json::json!({}));
+    cluster.set_status("grade-submission-api", running(0, true, None));
+    let mut target = Flaky::start().await;
+    let config = format!(
+        "[[probes.targets]]\nname = \"grade\"\nurl = \"http://127.0.0.1:{}/grade\"\ninterval = \"100ms\"\n\
+         workload = {{ namespace = \"{NS}\", kind = \"Pod\", name = \"grade-submission-api\" }}\n",
+        target.port
+    );
+    let daemon = Daemon::start(&cluster, &config).await;
+    let grade = [("target", "grade")];
+    daemon
+        .wait_for("the target up", |s| {
+            s.get("selfheal_probe_up", &grade) == Some(1.0)
+        })
+        .await;
+
+    // The kernel kills the API: the service stops answering and the kubelet reports it.
+    target.down();
+    let killed = now_s();
+    let death = death("OOMKilled", 137, "c0", killed);
+    cluster.set_status("grade-submission-api", terminated(0, death.clone(), None));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.set_status("grade-submission-api", running(1, true, Some(death)));
+    target.up().await;
+
+    daemon
+        .wait_for("the outage, caused by the OOMKill", |s| {
+            s.get(
+                "selfheal_probe_outages_total",
+                &[("target", "grade"), ("cause", "OOMKilled")],
+            ) == Some(1.0)
+        })
+        .await;
+    let (status, body) = daemon
+        .get("/api/v1/incidents", None)
+        .await
+        .expect("incidents");
+    assert_eq!(status, 200);
+    let incidents: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let list = incidents["incidents"].as_array().expect("array");
+    let outage = list
+        .iter()
+        .find(|i| i["kind"] == "outage")
+        .expect("an outage");
+    assert_eq!(outage["target"], "grade");
+    assert_eq!(outage["cause"], "OOMKilled");
+    let restart = &outage["restart"];
+    assert_eq!(restart["workload"], "grade-submission-api");
+    assert_eq!(restart["container"], "api");
+    assert_eq!(restart["exit_code"], 137);
+    assert_eq!(restart["memory_limit_bytes"], 48 * 1024 * 1024);
+    assert!(
+        restart["time_to_recover_seconds"].as_f64().is_some(),
+        "{body}"
+    );
+    assert!(list.iter().any(|i| i["kind"] == "restart"), "{body}");
+}

@@ -18,6 +18,20 @@ pub enum Cause {
 }
 
 impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::OOMKilled => "OOMKilled",
+            Cause::LivenessProbeFailed => "LivenessProbeFailed",
+            Cause::StartupProbeFailed => "StartupProbeFailed",
+            Cause::Error => "Error",
+            Cause::Completed => "Completed",
+            Cause::ContainerCannotRun => "ContainerCannotRun",
+            Cause::StartError => "StartError",
+            Cause::DeadlineExceeded => "DeadlineExceeded",
+            Cause::Unknown => "Unknown",
+        }
+    }
+
     /// Maps a kubelet termination reason. `None` means the reason is not one we know;
     /// the caller maps it to `Unknown` and reports it.
     pub fn from_kubelet_reason(reason: &str) -> Option<Cause> {

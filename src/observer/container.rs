@@ -13,7 +13,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::cause::Cause;
-use super::{Anomaly, Observation, PodContext, Sink};
+use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
 use crate::kube_types::{ContainerStatus, StateTerminated};
 
 /// Readiness seen later than this after the kubelet's Ready transition was seen late.
@@ -35,6 +35,8 @@ struct Death {
 #[derive(Debug)]
 pub struct ContainerTracker {
     pub name: Arc<str>,
+    /// resources.limits.memory in force, in bytes.
+    pub memory_limit: Option<u64>,
     restart_count: i64,
     /// The two most recent deaths: the kubelet shows at most two (state and lastState).
     deaths: [Option<Death>; 2],
@@ -44,9 +46,10 @@ pub struct ContainerTracker {
 }
 
 impl ContainerTracker {
-    pub fn new(name: Arc<str>) -> Self {
+    pub fn new(name: Arc<str>, memory_limit: Option<u64>) -> Self {
         ContainerTracker {
             name,
+            memory_limit,
             restart_count: 0,
             deaths: [None, None],
             awaiting_recovery: false,
@@ -113,6 +116,17 @@ impl ContainerTracker {
                 cause,
                 exit_code: terminated.exit_code,
             });
+            sink.out
+                .push(Observation::Incident(IncidentUpdate::Death(DeathRecord {
+                    id: self.death_id(ctx, key),
+                    workload: ctx.workload.clone(),
+                    pod: ctx.pod_name.clone(),
+                    pod_labels: Arc::new(ctx.labels.cloned().unwrap_or_default()),
+                    cause: death.cause,
+                    exit_code: terminated.exit_code,
+                    killed_at: finished_at,
+                    memory_limit_bytes: self.memory_limit,
+                })));
         } else {
             sink.out.push(Observation::LastExitCode {
                 workload: ctx.workload.clone(),
@@ -214,6 +228,16 @@ impl ContainerTracker {
             sink.anomaly(Anomaly::ClockSkew);
             seconds = 0.0;
         }
+        sink.out
+            .push(Observation::Incident(IncidentUpdate::Recovered {
+                id: DeathId {
+                    pod_uid: ctx.pod_uid.clone(),
+                    container: self.name.clone(),
+                    key,
+                },
+                ready_at,
+                seconds,
+            }));
         if death.undecided_until.is_some() {
             death.held_recovery_seconds = Some(seconds);
         } else {
@@ -243,6 +267,15 @@ impl ContainerTracker {
                         continue;
                     }
                     death.cause = kill.cause();
+                    sink.out
+                        .push(Observation::Incident(IncidentUpdate::Attributed {
+                            id: DeathId {
+                                pod_uid: ctx.pod_uid.clone(),
+                                container: name.clone(),
+                                key: death.key,
+                            },
+                            cause: death.cause,
+                        }));
                 }
                 Decision::Timeout => {
                     if deadline > ctx.now {
@@ -271,6 +304,14 @@ impl ContainerTracker {
             }
         }
         decided
+    }
+
+    fn death_id(&self, ctx: &PodContext, key: u64) -> DeathId {
+        DeathId {
+            pod_uid: ctx.pod_uid.clone(),
+            container: self.name.clone(),
+            key,
+        }
     }
 
     fn find_death(&self, key: u64) -> Option<&Death> {

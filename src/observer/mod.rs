@@ -21,7 +21,7 @@ mod workloads;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -99,6 +99,46 @@ pub enum Observation {
     },
     /// Input that had to be repaired or ignored.
     Anomaly(Anomaly),
+    /// Material for the incident log (not for metrics).
+    Incident(IncidentUpdate),
+}
+
+/// Identifies one container death across observations.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeathId {
+    pub pod_uid: Arc<str>,
+    pub container: Arc<str>,
+    pub key: u64,
+}
+
+/// A counted death, with what an on-call engineer wants to know about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeathRecord {
+    pub id: DeathId,
+    pub workload: Arc<Workload>,
+    pub pod: Arc<str>,
+    pub pod_labels: Arc<BTreeMap<String, String>>,
+    /// The cause as far as known: the kubelet's reason, or a probe kill.
+    pub cause: Cause,
+    pub exit_code: i32,
+    /// The kubelet's finishedAt.
+    pub killed_at: Option<Timestamp>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum IncidentUpdate {
+    Death(DeathRecord),
+    /// A kubelet Event showed the death to be a probe kill.
+    Attributed {
+        id: DeathId,
+        cause: Cause,
+    },
+    Recovered {
+        id: DeathId,
+        ready_at: Timestamp,
+        seconds: f64,
+    },
 }
 
 /// Kinds of bad or surprising input, counted in `selfheal_input_anomalies_total{kind}`.
@@ -131,7 +171,7 @@ impl Default for ObserverConfig {
 }
 
 /// What a container tracker needs to know about its pod.
-pub struct PodContext {
+pub struct PodContext<'a> {
     pod_uid: Arc<str>,
     pod_name: Arc<str>,
     workload: Arc<Workload>,
@@ -139,6 +179,8 @@ pub struct PodContext {
     grace: SignedDuration,
     /// When the pod last became Ready, by the kubelet's clock (if it is Ready).
     ready_since: Option<Timestamp>,
+    /// The pod's labels, when the pod object is at hand (for incident records).
+    labels: Option<&'a BTreeMap<String, String>>,
     now: Timestamp,
     news: bool,
 }
@@ -222,17 +264,18 @@ struct PodState {
     /// The watch stream that delivers this pod, and the relist it was last seen in.
     stream: usize,
     epoch: u64,
-    containers: Vec<(ContainerTracker, Option<u64>)>,
+    containers: Vec<ContainerTracker>,
 }
 
 impl PodState {
-    fn context(&self, uid: &Arc<str>, now: Timestamp, news: bool) -> PodContext {
+    fn context(&self, uid: &Arc<str>, now: Timestamp, news: bool) -> PodContext<'static> {
         PodContext {
             pod_uid: uid.clone(),
             pod_name: self.name.clone(),
             workload: self.workload.clone(),
             grace: self.grace,
             ready_since: None,
+            labels: None,
             now,
             news,
         }
@@ -241,7 +284,6 @@ impl PodState {
     fn tracker(&mut self, name: &str) -> Option<&mut ContainerTracker> {
         self.containers
             .iter_mut()
-            .map(|(tracker, _)| tracker)
             .find(|tracker| &*tracker.name == name)
     }
 }
@@ -411,6 +453,7 @@ impl Observer {
             }
         }
         let mut ctx = state.context(&uid, now, news);
+        ctx.labels = meta.labels.as_ref();
         ctx.ready_since = ready_condition
             .and_then(|condition| sink.parse_time(condition.last_transition_time.as_deref()));
         let statuses = pod
@@ -446,7 +489,7 @@ impl Observer {
         };
         let ctx = state.context(&uid, now, true);
         let mut sink = self.shared.sink(out);
-        for (tracker, _) in &mut state.containers {
+        for tracker in &mut state.containers {
             tracker.decide(Decision::Flush, &ctx, &mut sink);
         }
         self.shared.kills.forget_pod(&uid);
@@ -454,7 +497,7 @@ impl Observer {
         out.push(Observation::PodForgotten {
             workload: state.workload.clone(),
             pod: state.name.clone(),
-            containers: state.containers.into_iter().map(|(t, _)| t.name).collect(),
+            containers: state.containers.into_iter().map(|t| t.name).collect(),
         });
         let ready_delta = if state.ready { -1 } else { 0 };
         self.workloads
@@ -553,13 +596,13 @@ impl Observer {
 /// Adds a tracker for `name` unless there is one; reports a changed memory limit.
 /// Returns the number of trackers added (0 or 1).
 fn see_container(state: &mut PodState, name: &str, limit: Option<u64>, sink: &mut Sink) -> usize {
-    if let Some((tracker, known_limit)) = state
+    if let Some(tracker) = state
         .containers
         .iter_mut()
-        .find(|(tracker, _)| &*tracker.name == name)
+        .find(|tracker| &*tracker.name == name)
     {
-        if limit.is_some() && *known_limit != limit {
-            *known_limit = limit;
+        if limit.is_some() && tracker.memory_limit != limit {
+            tracker.memory_limit = limit;
             sink.out.push(Observation::ContainerSeen {
                 workload: state.workload.clone(),
                 container: tracker.name.clone(),
@@ -574,7 +617,7 @@ fn see_container(state: &mut PodState, name: &str, limit: Option<u64>, sink: &mu
         container: name.clone(),
         memory_limit_bytes: limit,
     });
-    state.containers.push((ContainerTracker::new(name), limit));
+    state.containers.push(ContainerTracker::new(name, limit));
     1
 }
 

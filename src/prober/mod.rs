@@ -15,7 +15,10 @@ pub mod target;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use jiff::{SignedDuration, Timestamp};
 use thiserror::Error;
+
+use crate::incidents::{OutageReport, SharedIncidentLog, lock};
 use tokio::sync::{mpsc, watch};
 
 use http::ProbeResult;
@@ -52,10 +55,15 @@ struct Report {
 pub struct Prober {
     targets: Vec<Target>,
     metrics: ProbeMetrics,
+    incidents: SharedIncidentLog,
 }
 
 impl Prober {
-    pub fn new(specs: Vec<ProbeSpec>, metrics: ProbeMetrics) -> Result<Prober, ProberError> {
+    pub fn new(
+        specs: Vec<ProbeSpec>,
+        metrics: ProbeMetrics,
+        incidents: SharedIncidentLog,
+    ) -> Result<Prober, ProberError> {
         let targets = specs
             .into_iter()
             .map(|spec| {
@@ -71,7 +79,11 @@ impl Prober {
                 })
             })
             .collect::<Result<_, ProberError>>()?;
-        Ok(Prober { targets, metrics })
+        Ok(Prober {
+            targets,
+            metrics,
+            incidents,
+        })
     }
 
     /// Probes until `shutdown` turns true.
@@ -79,7 +91,7 @@ impl Prober {
         if self.targets.is_empty() {
             return;
         }
-        let origin = Instant::now();
+        let origin = Clock::now();
         let (reports, mut incoming) = mpsc::channel::<Report>(1024);
         for (index, target) in self.targets.iter().enumerate() {
             tokio::spawn(schedule(
@@ -97,7 +109,7 @@ impl Prober {
         }
     }
 
-    fn apply(&mut self, report: Report, origin: Instant) {
+    fn apply(&mut self, report: Report, origin: Clock) {
         let Some(target) = self.targets.get_mut(report.target) else {
             return;
         };
@@ -110,7 +122,7 @@ impl Prober {
         };
         let Some(events) = target
             .tracker
-            .observe(report.started.duration_since(origin), verdict)
+            .observe(report.started.duration_since(origin.mono), verdict)
         else {
             metrics.stale();
             return;
@@ -130,16 +142,49 @@ impl Prober {
                     failed_probes,
                 } => {
                     let seconds = (end - start).as_secs_f64();
+                    let cause = lock(&self.incidents).record_outage(OutageReport {
+                        target: target.spec.name.clone(),
+                        namespace: target.spec.namespace.clone(),
+                        service: target.spec.service.clone(),
+                        start: origin.wall_at(start),
+                        end: origin.wall_at(end),
+                        failed_probes,
+                        probe_interval: target.spec.interval,
+                        fronts: target.spec.fronts.clone(),
+                    });
                     tracing::info!(
                         target = %target.spec.name,
                         seconds,
                         failed_probes,
+                        cause,
                         "probe target up again"
                     );
-                    metrics.outage_ended(&target.labels, UNKNOWN_CAUSE, seconds);
+                    metrics.outage_ended(&target.labels, cause, seconds);
                 }
             }
         }
+    }
+}
+
+/// The prober's time origin: monotonic for measuring, wall-clock for reporting.
+#[derive(Clone, Copy)]
+struct Clock {
+    mono: Instant,
+    wall: Timestamp,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            mono: Instant::now(),
+            wall: Timestamp::now(),
+        }
+    }
+
+    /// The wall-clock time of a monotonic offset from the origin.
+    fn wall_at(&self, offset: Duration) -> Timestamp {
+        let offset = SignedDuration::try_from(offset).unwrap_or(SignedDuration::ZERO);
+        self.wall.checked_add(offset).unwrap_or(self.wall)
     }
 }
 

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 
+use crate::incidents::Fronts;
 use crate::workload::Workload;
 
 /// A target as written in the config file (`[[probes.targets]]`).
@@ -96,7 +97,8 @@ pub struct ProbeSpec {
     pub interval: Duration,
     pub failure_threshold: u32,
     pub reuse_connections: bool,
-    pub workload: Option<Workload>,
+    /// The pods the target's traffic goes to, for finding the restart behind an outage.
+    pub fronts: Option<Fronts>,
 }
 
 /// A field of a target that is invalid, and why.
@@ -169,10 +171,12 @@ impl StaticTarget {
                 "must be at least 1".into(),
             ));
         }
-        let workload = self.workload.as_ref().map(|w| Workload {
-            namespace: w.namespace.as_str().into(),
-            kind: w.kind.as_str().into(),
-            name: w.name.as_str().into(),
+        let fronts = self.workload.as_ref().map(|w| {
+            Fronts::Workload(Workload {
+                namespace: w.namespace.as_str().into(),
+                kind: w.kind.as_str().into(),
+                name: w.name.as_str().into(),
+            })
         });
         Ok(ProbeSpec {
             name: self.name.as_str().into(),
@@ -188,7 +192,7 @@ impl StaticTarget {
             interval: self.interval,
             failure_threshold: self.failure_threshold,
             reuse_connections: self.reuse_connections,
-            workload,
+            fronts,
         })
     }
 }
