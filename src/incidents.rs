@@ -234,7 +234,7 @@ impl IncidentLog {
             .map(Incident::Restart)
             .chain(self.outages.iter().cloned().map(Incident::Outage))
             .collect();
-        all.sort_by(|a, b| b.time().cmp(&a.time()));
+        all.sort_by_key(|incident| std::cmp::Reverse(incident.time()));
         all.truncate(limit);
         all
     }
