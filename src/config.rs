@@ -4,7 +4,7 @@
 //! Every problem is reported once, naming the offending key and value; unknown keys
 //! are errors, so a typo never passes silently as a default.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::figment::Yaml;
 
+use crate::prober::discovery::ServiceAddress;
 use crate::prober::target::{ProbeSpec, StaticTarget};
 use thiserror::Error;
 
@@ -35,6 +36,12 @@ pub struct Config {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProbesConfig {
+    /// Probe Services annotated `selfheal.io/probe: "true"`.
+    pub discovery: bool,
+    /// How discovered targets reach their Service: `dns`, `cluster_ip` or `node_port`.
+    pub service_address: ServiceAddress,
+    /// With `node_port`: the node address to connect to.
+    pub node_address: IpAddr,
     /// An outage is explained by a death of a fronted pod that finished within the
     /// outage, widened by one probe interval and this slack.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
@@ -46,6 +53,9 @@ pub struct ProbesConfig {
 impl Default for ProbesConfig {
     fn default() -> Self {
         ProbesConfig {
+            discovery: true,
+            service_address: ServiceAddress::Dns,
+            node_address: IpAddr::from([127, 0, 0, 1]),
             correlation_slack: Duration::from_secs(2),
             targets: Vec::new(),
         }

@@ -17,6 +17,7 @@ use selfheal_exporter::metrics::{Metrics, register_build_info};
 use selfheal_exporter::observer::{Observer, ObserverConfig};
 use selfheal_exporter::prober::Prober;
 use selfheal_exporter::prober::metrics::ProbeMetrics;
+use selfheal_exporter::prober::service_watch::ServiceWatch;
 use selfheal_exporter::shutdown;
 use selfheal_exporter::watch::{Scope, WatchLoop, WatchMetrics};
 use tokio::net::TcpListener;
@@ -63,7 +64,13 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         .probe_specs()
         .map_err(|error| error.to_string())
         .and_then(|specs| {
-            Prober::new(specs, probe_metrics, incidents.clone()).map_err(|error| error.to_string())
+            Prober::new(
+                specs,
+                probe_metrics.clone(),
+                incidents.clone(),
+                config.metrics.retention,
+            )
+            .map_err(|error| error.to_string())
         }) {
         Ok(prober) => prober,
         Err(error) => {
@@ -97,7 +104,25 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     });
     tracing::info!(listen = %config.listen, %api_url, version = env!("CARGO_PKG_VERSION"), "selfheal-exporter started");
     tokio::spawn(check_api_server(client.clone(), api_url));
-    let probes = tokio::spawn(prober.run(stopped.clone()));
+    let (target_changes, changes) = tokio::sync::mpsc::channel(256);
+    if config.probes.discovery {
+        tokio::spawn(
+            ServiceWatch {
+                client: client.clone(),
+                scope: scope.clone(),
+                address: config.probes.service_address,
+                node_address: config.probes.node_address,
+                changes: target_changes,
+                probe_metrics,
+                watch_metrics: watch_metrics.clone(),
+                health: health.clone(),
+            }
+            .run(stopped.clone()),
+        );
+    } else {
+        drop(target_changes);
+    }
+    let probes = tokio::spawn(prober.run(changes, stopped.clone()));
     let watches = tokio::spawn(
         WatchLoop {
             client,

@@ -159,6 +159,37 @@ pub struct EventSeries {
     pub last_observed_time: Option<String>,
 }
 
+/// A Service, reduced to what probe discovery needs.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SlimService {
+    #[serde(default, deserialize_with = "annotated_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spec: ServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    #[serde(rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<ServicePort>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub selector: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub port: i32,
+    pub node_port: Option<i32>,
+}
+
 /// Treats an explicit JSON `null` like an absent field.
 fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
 where
@@ -199,8 +230,11 @@ struct SlimOwnerReference {
 }
 
 fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
-    let slim: SlimMeta = nullable(deserializer)?;
-    Ok(ObjectMeta {
+    Ok(into_object_meta(nullable(deserializer)?))
+}
+
+fn into_object_meta(slim: SlimMeta) -> ObjectMeta {
+    ObjectMeta {
         name: slim.name,
         namespace: slim.namespace,
         uid: slim.uid,
@@ -222,7 +256,23 @@ fn slim_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D
                 .collect()
         }),
         ..ObjectMeta::default()
-    })
+    }
+}
+
+/// Metadata with annotations: Services carry their probe settings there. (Pods' big
+/// annotations are never decoded.)
+fn annotated_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize, Default)]
+    struct Annotated {
+        #[serde(flatten)]
+        meta: SlimMeta,
+        #[serde(default, deserialize_with = "nullable")]
+        annotations: std::collections::BTreeMap<String, String>,
+    }
+    let annotated: Annotated = nullable(deserializer)?;
+    let mut meta = into_object_meta(annotated.meta);
+    meta.annotations = (!annotated.annotations.is_empty()).then_some(annotated.annotations);
+    Ok(meta)
 }
 
 /// Implements `kube::Resource` for a slim core/v1 type, so kube-rs can list and watch it.
@@ -256,6 +306,7 @@ macro_rules! core_v1_resource {
 
 core_v1_resource!(SlimPod, "Pod", "pods");
 core_v1_resource!(SlimEvent, "Event", "events");
+core_v1_resource!(SlimService, "Service", "services");
 
 #[cfg(test)]
 mod tests {
@@ -288,6 +339,16 @@ mod tests {
         assert_eq!(status.restart_count, 2);
         let terminated = status.last_state.terminated.as_ref().expect("terminated");
         assert_eq!(terminated.exit_code, 137);
+
+        let service: SlimService = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api", "namespace": "ns", "annotations": {"selfheal.io/probe": "true"}},
+            "spec": {"type": "NodePort", "clusterIP": "10.0.0.1", "selector": {"app": "api"},
+                     "ports": [{"name": "http", "port": 3000, "targetPort": 3000, "nodePort": 31000}]}
+        }))
+        .expect("service decodes");
+        let annotations = service.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations["selfheal.io/probe"], "true");
+        assert_eq!(service.spec.ports[0].node_port, Some(31000));
 
         let empty: SlimPod =
             serde_json::from_value(serde_json::json!({"metadata": null, "status": null}))

@@ -127,13 +127,13 @@ impl WatchMetrics {
         metrics
     }
 
-    fn event(&self, resource: &'static str, r#type: &'static str) {
+    pub(crate) fn event(&self, resource: &'static str, r#type: &'static str) {
         self.events
             .get_or_create_owned(&WatchEventLabels { resource, r#type })
             .inc();
     }
 
-    fn error(&self, resource: &'static str, error: &watcher::Error) {
+    pub(crate) fn error(&self, resource: &'static str, error: &watcher::Error) {
         self.errors
             .get_or_create_owned(&ResourceLabels { resource })
             .inc();
@@ -154,7 +154,8 @@ pub struct WatchLoop {
 
 type Indexed<K> = (usize, Result<Event<K>, watcher::Error>);
 
-fn watch_all<K>(
+/// One watcher per namespace of `scope`, merged; items carry their stream's index.
+pub(crate) fn watch_all<K>(
     client: &Client,
     scope: &Scope,
     config: &watcher::Config,

@@ -173,3 +173,55 @@ async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
     );
     assert!(list.iter().any(|i| i["kind"] == "restart"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotated_services_are_discovered_and_removed() {
+    use selfheal_lab::apiserver::SERVICES;
+    let cluster = Cluster::start().await;
+    let target = Flaky::start().await;
+    let service = |name: &str, annotations: serde_json::Value| {
+        serde_json::json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"type": "NodePort", "selector": {"app": name},
+                     "ports": [{"name": "http", "port": 3000, "targetPort": 3000, "nodePort": target.port}]}
+        })
+    };
+    let store = cluster.lab.store();
+    store
+        .create(&SERVICES, NS, service("api", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-path": "/health", "selfheal.io/probe-interval": "200ms"})))
+        .expect("service");
+    store
+        .create(&SERVICES, NS, service("typo", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-interval": "fast"})))
+        .expect("service");
+    store
+        .create(&SERVICES, NS, service("quiet", serde_json::json!({})))
+        .expect("service");
+    let config = "[metrics]\nretention = \"2s\"\n[probes]\nservice_address = \"node_port\"\n";
+    let daemon = Daemon::start(&cluster, config).await;
+    let api = [
+        ("target", "grade-submission/api"),
+        ("namespace", NS),
+        ("service", "api"),
+    ];
+    let scrape = daemon
+        .wait_for("the annotated service probed", |s| {
+            s.get("selfheal_probe_up", &api) == Some(1.0)
+        })
+        .await;
+    assert!(!scrape.has("selfheal_probe_up", &[("service", "quiet")]));
+    assert!(!scrape.has("selfheal_probe_up", &[("service", "typo")]));
+    assert_eq!(
+        scrape.get(
+            "selfheal_probe_config_errors_total",
+            &[("namespace", NS), ("service", "typo")]
+        ),
+        Some(1.0)
+    );
+
+    store.delete(&SERVICES, NS, "api").expect("deleted");
+    daemon
+        .wait_for("the target's series to go after the retention", |s| {
+            !s.has("selfheal_probe_up", &api) && !s.has("selfheal_probe_requests_total", &api)
+        })
+        .await;
+}

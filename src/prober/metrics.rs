@@ -40,6 +40,12 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    namespace: String,
+    service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CauseLabels {
     #[prometheus(flatten)]
     target: TargetLabels,
@@ -62,6 +68,7 @@ pub struct ProbeMetrics {
     outages: Family<CauseLabels, Counter>,
     outage_duration: Family<CauseLabels, Histogram>,
     stale_results: Counter,
+    config_errors: Family<ServiceLabels, Counter>,
 }
 
 impl ProbeMetrics {
@@ -74,6 +81,7 @@ impl ProbeMetrics {
             outages: Family::default(),
             outage_duration: Family::new_with_constructor(|| Histogram::new(OUTAGE_BUCKETS)),
             stale_results: Counter::default(),
+            config_errors: Family::default(),
         };
         registry.register(
             "probe_up",
@@ -113,7 +121,21 @@ impl ProbeMetrics {
             "Probe results that completed after a newer probe's result (ignored for up/down)",
             metrics.stale_results.clone(),
         );
+        registry.register(
+            "probe_config_errors",
+            "Services whose selfheal.io/probe annotations could not be used (target not probed)",
+            metrics.config_errors.clone(),
+        );
         metrics
+    }
+
+    pub fn config_error(&self, namespace: &str, service: &str) {
+        self.config_errors
+            .get_or_create_owned(&ServiceLabels {
+                namespace: namespace.to_owned(),
+                service: service.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts one probe and its latency.

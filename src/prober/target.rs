@@ -101,6 +101,28 @@ pub struct ProbeSpec {
     pub fronts: Option<Fronts>,
 }
 
+impl ProbeSpec {
+    /// Whether `other` probes the same way (a rediscovered Service with unchanged
+    /// settings keeps its target, its tracker and its open outage).
+    pub fn same_probe_as(&self, other: &ProbeSpec) -> bool {
+        self.name == other.name
+            && self.namespace == other.namespace
+            && self.service == other.service
+            && self.url == other.url
+            && self.method == other.method
+            && self.body == other.body
+            && self.headers == other.headers
+            && self.expect_status == other.expect_status
+            && self.body_regex.as_ref().map(Regex::as_str)
+                == other.body_regex.as_ref().map(Regex::as_str)
+            && self.timeout == other.timeout
+            && self.interval == other.interval
+            && self.failure_threshold == other.failure_threshold
+            && self.reuse_connections == other.reuse_connections
+            && self.fronts == other.fronts
+    }
+}
+
 /// A field of a target that is invalid, and why.
 #[derive(Debug, PartialEq)]
 pub struct InvalidField {
