@@ -19,6 +19,8 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
+    /// Size of the previous exposition, so the next one is allocated once.
+    pub last_size: Arc<std::sync::atomic::AtomicUsize>,
     pub health: Health,
     pub incidents: SharedIncidentLog,
 }
@@ -38,7 +40,8 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(|accept| accept.contains("application/openmetrics-text"));
-    let mut body = String::with_capacity(64 * 1024);
+    let last_size = state.last_size.load(std::sync::atomic::Ordering::Relaxed);
+    let mut body = String::with_capacity((last_size + last_size / 8).max(16 * 1024));
     let (encoded, content_type) = if wants_openmetrics {
         (
             text::encode(&mut body, &state.registry),
@@ -50,6 +53,9 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
             prometheus_text::CONTENT_TYPE,
         )
     };
+    state
+        .last_size
+        .store(body.len(), std::sync::atomic::Ordering::Relaxed);
     match encoded {
         Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
         Err(error) => {
@@ -109,6 +115,7 @@ mod tests {
         registry.register("demo", "A demo counter", counter);
         AdminState {
             registry: Arc::new(registry),
+            last_size: Arc::default(),
             health: Health::default(),
             incidents: crate::incidents::IncidentLog::new(10, std::time::Duration::from_secs(2))
                 .shared(),

@@ -91,6 +91,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let (stop, stopped) = watch::channel(false);
     let app = admin::app(AdminState {
         registry: Arc::new(registry),
+        last_size: Arc::default(),
         health: health.clone(),
         incidents: incidents.clone(),
     });

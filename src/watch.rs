@@ -68,7 +68,9 @@ impl Scope {
     }
 
     fn pod_watcher_config(&self) -> watcher::Config {
-        let mut config = watcher::Config::default();
+        // Pages of 100 rather than 500: kube-rs holds a whole page as text and decoded at
+        // once, and at 7 KiB a pod that buffer was a fifth of the daemon's memory.
+        let mut config = watcher::Config::default().page_size(100);
         if let Some(labels) = &self.label_selector {
             config = config.labels(labels);
         }

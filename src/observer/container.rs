@@ -39,7 +39,8 @@ pub struct ContainerTracker {
     pub memory_limit: Option<u64>,
     restart_count: i64,
     /// The two most recent deaths: the kubelet shows at most two (state and lastState).
-    deaths: [Option<Death>; 2],
+    /// A Vec, empty and unallocated for the many containers that never die.
+    deaths: Vec<Death>,
     /// A death or restart was counted and the container has not been ready since.
     awaiting_recovery: bool,
     crashlooping: Option<bool>,
@@ -51,7 +52,7 @@ impl ContainerTracker {
             name,
             memory_limit,
             restart_count: 0,
-            deaths: [None, None],
+            deaths: Vec::new(),
             awaiting_recovery: false,
             crashlooping: None,
         }
@@ -134,8 +135,10 @@ impl ContainerTracker {
                 exit_code: terminated.exit_code,
             });
         }
-        self.deaths.rotate_left(1);
-        self.deaths[1] = Some(death);
+        if self.deaths.len() == 2 {
+            self.deaths.remove(0);
+        }
+        self.deaths.push(death);
     }
 
     fn see_restart_count(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
@@ -256,7 +259,7 @@ impl ContainerTracker {
     pub fn decide(&mut self, decision: Decision, ctx: &PodContext, sink: &mut Sink) -> bool {
         let mut decided = false;
         let name = self.name.clone();
-        for death in self.deaths.iter_mut().flatten() {
+        for death in &mut self.deaths {
             let Some(deadline) = death.undecided_until else {
                 continue;
             };
@@ -315,12 +318,12 @@ impl ContainerTracker {
     }
 
     fn find_death(&self, key: u64) -> Option<&Death> {
-        self.deaths.iter().flatten().find(|death| death.key == key)
+        self.deaths.iter().find(|death| death.key == key)
     }
 }
 
-fn find_death_mut(deaths: &mut [Option<Death>; 2], key: u64) -> Option<&mut Death> {
-    deaths.iter_mut().flatten().find(|death| death.key == key)
+fn find_death_mut(deaths: &mut [Death], key: u64) -> Option<&mut Death> {
+    deaths.iter_mut().find(|death| death.key == key)
 }
 
 /// How `ContainerTracker::decide` settles undecided causes.
