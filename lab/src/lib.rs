@@ -43,5 +43,14 @@
 //! `POST /lab/faults/fail?count=N&status=500|429|503`, `POST /lab/faults/compact`,
 //! `POST /lab/faults/history?size=N`, `POST /lab/faults/clear`, and
 //! `GET /lab/state` reports the revision, history length and open watches.
+//!
+//! The experiment's other pieces: [`grade_api`] (the memory-hungry grade API a
+//! pod runs), [`load`] (virtual users that record the outage windows clients
+//! see) and [`services`] (EndpointSlices and a NodePort proxy to ready pods).
 
 pub mod apiserver;
+pub mod demo;
+pub mod grade_api;
+pub mod kubelet;
+pub mod load;
+pub mod services;

@@ -1,5 +1,11 @@
 //! `selfheal-lab` command line: one subcommand per lab component.
 //! `apiserver` runs the in-memory Kubernetes API server until SIGINT/SIGTERM.
+//! `grade-api` runs the experiment's memory-hungry grade API (on a
+//! single-threaded runtime, to stay small inside a memory cgroup).
+//! `load` runs virtual users against a grade URL and reports the outage windows.
+//! `services` keeps EndpointSlices and proxies NodePorts on 127.0.0.1 to ready pods.
+//! `kubelet` runs the emulated kubelet (pods as processes) until SIGINT/SIGTERM.
+//! `demo` runs the whole grade-submission experiment with the daemon watching it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +30,127 @@ struct Cli {
 enum Command {
     /// Run the in-memory Kubernetes API server.
     Apiserver(ApiserverArgs),
+    /// Run the grade API (`POST/GET /grade`, `GET /healthz`), whose memory grows with every grade.
+    GradeApi(GradeApiArgs),
+    /// Run virtual users against a grade URL and report the outage windows they saw.
+    Load(LoadArgs),
+    /// Keep EndpointSlices for Services and proxy NodePorts on 127.0.0.1 to ready pods.
+    Services(ServicesArgs),
+    /// Run the emulated kubelet: pods become real processes under memory cgroups.
+    Kubelet(KubeletArgs),
+    /// The grade-submission experiment, for real: lab, kubelet, Service, daemon and load.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Virtual users (the experiment's OOM took 80).
+    #[arg(long, default_value_t = 80)]
+    users: usize,
+    /// How long the users run, e.g. 90s or 3m.
+    #[arg(long, default_value = "90s", value_parser = selfheal_lab::load::parse_duration)]
+    duration: Duration,
+    /// Memory limit of the grade API (the experiment lowered 64Mi to 48Mi).
+    #[arg(long, default_value = "48Mi")]
+    memory_limit: String,
+    /// Pause of each user between iterations, like Postman's runner delay; without it
+    /// this fast API and load generator OOM-kill the 48Mi API within a second or two.
+    #[arg(long, default_value = "100ms", value_parser = selfheal_lab::load::parse_duration)]
+    think: Duration,
+    /// Where the daemon serves /metrics.
+    #[arg(long, default_value = "0.0.0.0:9964")]
+    metrics_listen: SocketAddr,
+    /// Where the lab API server listens.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_listen: SocketAddr,
+    /// The kubelet's first restart back-off (the real kubelet's is 10s).
+    #[arg(long, default_value = "10s", value_parser = selfheal_lab::kubelet::parse_duration)]
+    backoff_base: Duration,
+    /// The selfheal-exporter binary [default: next to this program].
+    #[arg(long)]
+    exporter: Option<PathBuf>,
+    /// Where the kubeconfig, the daemon's config and its log go.
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("selfheal-demo"))]
+    work_dir: PathBuf,
+}
+
+async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    selfheal_lab::demo::run(selfheal_lab::demo::DemoConfig {
+        users: args.users,
+        duration: args.duration,
+        memory_limit: args.memory_limit,
+        think: args.think,
+        metrics_listen: args.metrics_listen,
+        api_listen: args.api_listen,
+        backoff_base: args.backoff_base,
+        exporter: args.exporter,
+        work_dir: args.work_dir,
+    })
+    .await
+}
+
+#[derive(Args)]
+struct KubeletArgs {
+    /// kubeconfig of the API server to watch (e.g. written by `apiserver --kubeconfig-out`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// Node name: pods with this `spec.nodeName` or none are run.
+    #[arg(long, default_value = "selfheal-lab-node")]
+    node_name: String,
+    /// First restart back-off delay, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = selfheal_lab::kubelet::parse_duration)]
+    backoff_base: Duration,
+    /// Largest restart back-off delay, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = selfheal_lab::kubelet::parse_duration)]
+    backoff_cap: Duration,
+    /// Running time after which the back-off starts over, e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = selfheal_lab::kubelet::parse_duration)]
+    backoff_reset: Duration,
+    /// First pod IP (each pod gets its own loopback address).
+    #[arg(long, default_value = "127.0.1.1")]
+    pod_ip_start: std::net::Ipv4Addr,
+    /// Run without memory cgroups (no limits enforced, no OOMKilled).
+    #[arg(long)]
+    no_cgroups: bool,
+}
+
+#[derive(Args)]
+struct ServicesArgs {
+    /// kubeconfig of the API server to watch (e.g. written by `apiserver --kubeconfig-out`).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: PathBuf,
+    /// Address node ports listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: std::net::IpAddr,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// Full URL of the grade endpoint (loopback only), e.g. http://127.0.0.1:31000/grade.
+    #[arg(long)]
+    url: String,
+    /// Concurrent virtual users (each: POST a grade, then GET, in a loop).
+    #[arg(long, default_value_t = 25)]
+    users: usize,
+    /// How long to run, e.g. 30s, 10m.
+    #[arg(long, value_parser = selfheal_lab::load::parse_duration)]
+    duration: Duration,
+    /// Per-request timeout; a request slower than this counts as failed.
+    #[arg(long, default_value = "2s", value_parser = selfheal_lab::load::parse_duration)]
+    timeout: Duration,
+    /// Pause of each user between iterations (Postman's runner delay), e.g. 100ms.
+    #[arg(long, default_value = "0s", value_parser = selfheal_lab::load::parse_duration)]
+    think: Duration,
+}
+
+#[derive(Args)]
+struct GradeApiArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GRADE_API_LISTEN", default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Resident memory kept per stored grade, in bytes (the leak that gets it OOM-killed).
+    #[arg(long, env = "GRADE_API_BYTES_PER_GRADE", default_value_t = selfheal_lab::grade_api::DEFAULT_BYTES_PER_GRADE)]
+    bytes_per_grade: usize,
 }
 
 #[derive(Args)]
@@ -43,12 +170,32 @@ struct ApiserverArgs {
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
+    ShutdownSignals::install()?.recv().await;
     Ok(())
+}
+
+/// SIGTERM and SIGINT, installed before a component announces itself, so that a signal
+/// sent right after the announcement (as a kubelet may) is a graceful stop, not a kill.
+struct ShutdownSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(ShutdownSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
@@ -70,15 +217,137 @@ async fn run_apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run_grade_api(args: GradeApiArgs) -> anyhow::Result<()> {
+    let mut signals = ShutdownSignals::install()?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    println!("grade-api: http://{}/grade", listener.local_addr()?);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(selfheal_lab::grade_api::serve(
+        listener,
+        args.bytes_per_grade,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    signals.recv().await;
+    let _ = stop_tx.send(());
+    server.await??;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo prints its own account; the components' logs would drown it.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| default_level.into()),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    // The grade API runs as a pod's container under a memory limit: one thread keeps it small.
+    let mut runtime = match cli.command {
+        Command::GradeApi(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run_load(args: LoadArgs) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let config = selfheal_lab::load::LoadConfig {
+        timeout: args.timeout,
+        think: args.think,
+        ..selfheal_lab::load::LoadConfig::new(args.url, args.users, args.duration)
+    };
+    let report = selfheal_lab::load::run_load(config, |second| {
+        println!("{second}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    selfheal_lab::load::print_summary(&report, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+async fn run_services(args: ServicesArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("loading kubeconfig")?;
+    let client = kube::Client::try_from(config).context("building the API client")?;
+    let services = selfheal_lab::services::ServiceController::start_with(
+        client,
+        selfheal_lab::services::ServiceControllerConfig {
+            bind_ip: args.bind,
+            ..Default::default()
+        },
+    );
+    println!("services: watching; node ports on {}", args.bind);
+    shutdown_signal().await?;
+    services.shutdown().await;
+    Ok(())
+}
+
+async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
+    use selfheal_lab::kubelet::{BackoffConfig, CgroupStatus, Kubelet, KubeletConfig};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig)
+        .with_context(|| format!("reading kubeconfig {}", args.kubeconfig.display()))?;
+    let kube_config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .context("loading kubeconfig")?;
+    let config = KubeletConfig {
+        node_name: args.node_name,
+        backoff: BackoffConfig {
+            base: args.backoff_base,
+            cap: args.backoff_cap,
+            reset: args.backoff_reset,
+        },
+        pod_ip_start: args.pod_ip_start,
+        use_cgroups: !args.no_cgroups,
+        ..KubeletConfig::new(kube_config)
+    };
+    let kubelet = Kubelet::start(config).await?;
+    match &kubelet.status().cgroups {
+        CgroupStatus::Enabled { version, root } => {
+            println!(
+                "kubelet: memory limits enforced (cgroup {version:?}, {})",
+                root.display()
+            )
+        }
+        CgroupStatus::Unavailable { reason } => {
+            println!("kubelet: memory limits NOT enforced, OOMKilled never reported: {reason}")
+        }
+    }
+    println!("kubelet: node {}", kubelet.status().node_name);
+    shutdown_signal().await?;
+    kubelet.shutdown().await;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Apiserver(args) => run_apiserver(args).await,
+        Command::GradeApi(args) => run_grade_api(args).await,
+        Command::Load(args) => run_load(args).await,
+        Command::Services(args) => run_services(args).await,
+        Command::Kubelet(args) => run_kubelet(args).await,
+        Command::Demo(args) => run_demo(args).await,
     }
 }

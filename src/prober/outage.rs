@@ -2,7 +2,9 @@
 //! outage transitions and downtime.
 //!
 //! An outage starts at the first failed probe of a run of `failure_threshold`
-//! consecutive failures and ends at the first success after it. Downtime is accumulated
+//! consecutive failures and ends at the first success after it. Failures before the
+//! target has ever answered are not an outage: a Service that is still starting, or was
+//! never up, has not gone down. Downtime is accumulated
 //! at probe time resolution while the outage lasts (so the counter grows during a long
 //! outage, not only when it ends), and the measured length of an outage is within one
 //! probe interval of the true one.
@@ -45,6 +47,8 @@ pub struct OutageTracker {
     /// Set while an outage is open: its start, and up to when downtime was exported.
     open: Option<OpenOutage>,
     newest: Option<Duration>,
+    /// The target has answered at least once.
+    ever_up: bool,
 }
 
 #[derive(Debug)]
@@ -62,6 +66,7 @@ impl OutageTracker {
             first_failure: None,
             open: None,
             newest: None,
+            ever_up: false,
         }
     }
 
@@ -78,6 +83,7 @@ impl OutageTracker {
         self.newest = Some(started);
         let mut events = Vec::new();
         match verdict {
+            Verdict::Down if !self.ever_up => {}
             Verdict::Down => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
                 let first = *self.first_failure.get_or_insert(started);
@@ -100,6 +106,7 @@ impl OutageTracker {
                 }
             }
             Verdict::Up => {
+                self.ever_up = true;
                 self.consecutive_failures = 0;
                 self.first_failure = None;
                 if let Some(mut open) = self.open.take() {
@@ -179,14 +186,22 @@ mod tests {
     }
 
     #[test]
+    fn a_target_that_never_answered_has_no_outage_yet() {
+        let (downtime, ended, _) = replay(1, &[(0, false), (250, false), (500, true), (750, true)]);
+        assert!(ended.is_empty());
+        assert_eq!(downtime, 0.0);
+    }
+
+    #[test]
     fn downtime_grows_while_the_outage_lasts() {
         let mut tracker = OutageTracker::new(1);
+        assert_eq!(tracker.observe(ms(0), Verdict::Up), Some(vec![]));
         assert_eq!(
-            tracker.observe(ms(0), Verdict::Down),
-            Some(vec![OutageEvent::Started { at: ms(0) }])
+            tracker.observe(ms(10), Verdict::Down),
+            Some(vec![OutageEvent::Started { at: ms(10) }])
         );
         assert_eq!(
-            tracker.observe(ms(1000), Verdict::Down),
+            tracker.observe(ms(1010), Verdict::Down),
             Some(vec![OutageEvent::Downtime { seconds: 1.0 }])
         );
         assert!(tracker.is_down());
