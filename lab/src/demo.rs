@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, SERVICES};
+use crate::http_get::get as http_get;
 use crate::kubelet::{CgroupStatus, Kubelet, KubeletConfig};
 use crate::load::{LoadConfig, LoadReport, run_load};
 use crate::services::ServiceController;
@@ -449,49 +449,6 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     bail!("timed out after {}s", timeout.as_secs())
-}
-
-/// A minimal HTTP/1.1 GET to 127.0.0.1:`port`.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
-        .await
-        .ok()?
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response))
-        .await
-        .ok()?
-        .ok()?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Some((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 #[cfg(test)]

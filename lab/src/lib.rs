@@ -51,6 +51,7 @@
 pub mod apiserver;
 pub mod demo;
 pub mod grade_api;
+pub mod http_get;
 pub mod kubelet;
 pub mod load;
 pub mod services;
