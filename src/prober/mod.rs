@@ -230,7 +230,9 @@ impl Prober {
             metrics.stale();
             return;
         };
-        metrics.set_up(&target.labels, !target.tracker.is_down());
+        // Up unless an outage is open; a target that has never answered is not up either.
+        let up = target.tracker.has_answered() && !target.tracker.is_down();
+        metrics.set_up(&target.labels, up);
         for event in events {
             match event {
                 OutageEvent::Started { .. } => tracing::warn!(

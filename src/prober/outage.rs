@@ -74,6 +74,11 @@ impl OutageTracker {
         self.open.is_some()
     }
 
+    /// The target has answered at least once.
+    pub fn has_answered(&self) -> bool {
+        self.ever_up
+    }
+
     /// Applies the result of a probe started at `started` (monotonic time). Returns
     /// `None` when the result is stale (an newer probe's result was applied already).
     pub fn observe(&mut self, started: Duration, verdict: Verdict) -> Option<Vec<OutageEvent>> {
