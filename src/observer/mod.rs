@@ -412,7 +412,9 @@ impl Observer {
                         grace: DEFAULT_GRACE,
                         stream,
                         epoch,
-                        containers: Vec::new(),
+                        containers: Vec::with_capacity(
+                            pod.spec.containers.len() + pod.spec.init_containers.len(),
+                        ),
                     },
                 );
                 uid
@@ -434,7 +436,7 @@ impl Observer {
 
         let mut sink = self.shared.sink(out);
         let specs = pod.spec.init_containers.iter().chain(&pod.spec.containers);
-        for spec in specs {
+        for spec in specs.filter(|spec| !spec.name.is_empty()) {
             let limit = spec.resources.limits.memory.as_deref().and_then(|text| {
                 quantity::parse_bytes(text)
                     .map_err(|_| sink.anomaly(Anomaly::MalformedQuantity))
