@@ -171,8 +171,13 @@ impl Config {
         if let Some(path) = file {
             figment = merge_file(figment, path)?;
         }
-        // SELFHEAL_CONFIG names the file itself; it is not a configuration key.
-        let env = env.ignore(&["CONFIG"]).split("__");
+        // SELFHEAL_CONFIG names the file itself; it is not a configuration key. Kubernetes
+        // injects service links (SELFHEAL_EXPORTER_SERVICE_HOST, …_PORT_9964_TCP, …) for
+        // any Service whose name starts with "selfheal-": they are not ours either.
+        let env = env
+            .ignore(&["CONFIG"])
+            .filter(|key| !is_service_link(key.as_str()))
+            .split("__");
         let figment = figment.merge(env).merge(Serialized::defaults(flags));
         let config: Config = figment
             .extract()
@@ -348,6 +353,26 @@ fn one_line(error: &figment::Error, figment: &Figment) -> String {
         line.push(')');
     }
     line
+}
+
+/// A Kubernetes service-link variable name (without our prefix): `<SVC>_SERVICE_HOST`,
+/// `<SVC>_SERVICE_PORT[_<NAME>]`, `<SVC>_PORT`, `<SVC>_PORT_<N>_<PROTO>[_PROTO|_PORT|_ADDR]`.
+fn is_service_link(key: &str) -> bool {
+    let key = key.to_ascii_uppercase();
+    // Our nested keys use "__"; service names cannot produce it.
+    if key.contains("__") {
+        return false;
+    }
+    if key.ends_with("_SERVICE_HOST") || key.contains("_SERVICE_PORT") || key.ends_with("_PORT") {
+        return true;
+    }
+    let parts: Vec<&str> = key.split('_').collect();
+    parts.windows(3).any(|window| {
+        window[0] == "PORT"
+            && !window[1].is_empty()
+            && window[1].bytes().all(|b| b.is_ascii_digit())
+            && matches!(window[2], "TCP" | "UDP" | "SCTP")
+    })
 }
 
 /// RFC 1123 label: lowercase alphanumerics and '-', 1..=63, alphanumeric at both ends.
@@ -536,6 +561,25 @@ mod tests {
             jail.set_env("SELFHEAL_WATCH__NAMESPACES", "[\"UPPER\"]");
             let env_error = load(jail, None, &FlagOverrides::default()).expect_err("env");
             assert!(env_error.contains("watch.namespaces"), "{env_error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_not_config_but_typos_are_errors() {
+        Jail::expect_with(|jail| {
+            // What Kubernetes injects for a Service named selfheal-exporter.
+            jail.set_env("SELFHEAL_EXPORTER_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("SELFHEAL_EXPORTER_SERVICE_PORT", "9964");
+            jail.set_env("SELFHEAL_EXPORTER_SERVICE_PORT_METRICS", "9964");
+            jail.set_env("SELFHEAL_EXPORTER_PORT", "tcp://10.0.0.1:9964");
+            jail.set_env("SELFHEAL_EXPORTER_PORT_9964_TCP", "tcp://10.0.0.1:9964");
+            jail.set_env("SELFHEAL_EXPORTER_PORT_9964_TCP_ADDR", "10.0.0.1");
+            jail.set_env("SELFHEAL_EXPORTER_PORT_9964_TCP_PROTO", "tcp");
+            load(jail, None, &FlagOverrides::default())?;
+            jail.set_env("SELFHEAL_LISTN", "127.0.0.1:1");
+            let typo = load(jail, None, &FlagOverrides::default()).expect_err("typo");
+            assert!(typo.contains("SELFHEAL_LISTN"), "{typo}");
             Ok(())
         });
     }
