@@ -106,6 +106,9 @@ pub struct MetricsConfig {
     /// Event that would make it a liveness or startup probe kill.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub attribution_wait: Duration,
+    /// Cardinality guard: beyond this many series in one metric family, new series are
+    /// dropped and counted in selfheal_series_dropped_total{family}.
+    pub max_series_per_family: usize,
 }
 
 impl Default for Config {
@@ -129,6 +132,7 @@ impl Default for MetricsConfig {
                 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
             ],
             attribution_wait: Duration::from_secs(5),
+            max_series_per_family: 250_000,
         }
     }
 }
@@ -249,6 +253,13 @@ impl Config {
                 key: "watch.label_selector".into(),
                 value: format!("{:?}", self.watch.label_selector),
                 reason: reason.into(),
+            });
+        }
+        if self.metrics.max_series_per_family == 0 {
+            return Err(ConfigError::Value {
+                key: "metrics.max_series_per_family".into(),
+                value: "0".into(),
+                reason: "must be at least 1".into(),
             });
         }
         if self.incidents.capacity == 0 || self.incidents.capacity > 100_000 {

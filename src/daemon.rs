@@ -9,6 +9,7 @@ use jiff::SignedDuration;
 use kube::Client;
 use prometheus_client::registry::Registry;
 use selfheal_exporter::admin::{self, AdminState};
+use selfheal_exporter::cardinality::CardinalityGuard;
 use selfheal_exporter::client::kube_config;
 use selfheal_exporter::config::Config;
 use selfheal_exporter::health::Health;
@@ -55,9 +56,14 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
 
     let mut registry = Registry::with_prefix("selfheal");
     register_build_info(&mut registry);
-    let metrics = Metrics::register(&mut registry, &config.metrics.time_to_recover_buckets);
+    let guard = CardinalityGuard::register(&mut registry, config.metrics.max_series_per_family);
+    let metrics = Metrics::register(
+        &mut registry,
+        &config.metrics.time_to_recover_buckets,
+        &guard,
+    );
     let watch_metrics = WatchMetrics::register(&mut registry);
-    let probe_metrics = ProbeMetrics::register(&mut registry);
+    let probe_metrics = ProbeMetrics::register(&mut registry, &guard);
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
     let prober = match config

@@ -4,6 +4,7 @@
 //! observations update the Prometheus [`metrics`], served by [`admin`].
 
 pub mod admin;
+pub mod cardinality;
 pub mod client;
 pub mod config;
 pub mod health;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cardinality::{CardinalityGuard, GuardedFamily};
 use crate::observer::{Anomaly, Cause, Observation};
 use crate::workload::Workload;
 
@@ -92,14 +93,14 @@ struct WorkloadSeries {
 }
 
 pub struct Metrics {
-    restarts: Family<ReasonLabels, Counter>,
-    oom_kills: Family<ContainerLabels, Counter>,
-    time_to_recover: Family<ReasonLabels, Histogram, Buckets>,
-    last_exit_code: Family<ContainerLabels, Gauge>,
-    memory_limit: Family<ContainerLabels, Gauge>,
-    crashlooping: Family<PodContainerLabels, Gauge>,
-    unavailable: Family<WorkloadLabels, Counter<f64, AtomicU64>>,
-    evictions: Family<WorkloadLabels, Counter>,
+    restarts: GuardedFamily<ReasonLabels, Counter>,
+    oom_kills: GuardedFamily<ContainerLabels, Counter>,
+    time_to_recover: GuardedFamily<ReasonLabels, Histogram, Buckets>,
+    last_exit_code: GuardedFamily<ContainerLabels, Gauge>,
+    memory_limit: GuardedFamily<ContainerLabels, Gauge>,
+    crashlooping: GuardedFamily<PodContainerLabels, Gauge>,
+    unavailable: GuardedFamily<WorkloadLabels, Counter<f64, AtomicU64>>,
+    evictions: GuardedFamily<WorkloadLabels, Counter>,
     observed_containers: Gauge,
     anomalies: Family<AnomalyLabels, Counter>,
     series: HashMap<Arc<Workload>, WorkloadSeries>,
@@ -108,16 +109,23 @@ pub struct Metrics {
 impl Metrics {
     /// Registers the observer's metrics under `registry` (which carries the `selfheal`
     /// prefix). `buckets` are the time-to-recover histogram's upper bounds, in seconds.
-    pub fn register(registry: &mut Registry, buckets: &[f64]) -> Self {
+    pub fn register(registry: &mut Registry, buckets: &[f64], guard: &CardinalityGuard) -> Self {
         let metrics = Metrics {
-            restarts: Family::default(),
-            oom_kills: Family::default(),
-            time_to_recover: Family::new_with_constructor(Buckets(buckets.into())),
-            last_exit_code: Family::default(),
-            memory_limit: Family::default(),
-            crashlooping: Family::default(),
-            unavailable: Family::default(),
-            evictions: Family::default(),
+            restarts: GuardedFamily::new("selfheal_container_restarts", guard),
+            oom_kills: GuardedFamily::new("selfheal_container_oom_kills", guard),
+            time_to_recover: GuardedFamily::with_constructor(
+                "selfheal_container_time_to_recover_seconds",
+                guard,
+                Buckets(buckets.into()),
+            ),
+            last_exit_code: GuardedFamily::new(
+                "selfheal_container_last_termination_exit_code",
+                guard,
+            ),
+            memory_limit: GuardedFamily::new("selfheal_container_memory_limit_bytes", guard),
+            crashlooping: GuardedFamily::new("selfheal_container_crashlooping", guard),
+            unavailable: GuardedFamily::new("selfheal_workload_unavailable_seconds", guard),
+            evictions: GuardedFamily::new("selfheal_pod_evictions", guard),
             observed_containers: Gauge::default(),
             anomalies: Family::default(),
             series: HashMap::new(),
@@ -125,45 +133,45 @@ impl Metrics {
         registry.register(
             "container_restarts",
             "Container restarts (restartCount increases), by cause of the death before each",
-            metrics.restarts.clone(),
+            metrics.restarts.family().clone(),
         );
         registry.register(
             "container_oom_kills",
             "Container deaths with reason OOMKilled, counted when first visible",
-            metrics.oom_kills.clone(),
+            metrics.oom_kills.family().clone(),
         );
         registry.register_with_unit(
             "container_time_to_recover",
             "Time from a container's death to its restarted instance being ready",
             Unit::Seconds,
-            metrics.time_to_recover.clone(),
+            metrics.time_to_recover.family().clone(),
         );
         registry.register(
             "container_last_termination_exit_code",
             "Exit code of the container's most recent death",
-            metrics.last_exit_code.clone(),
+            metrics.last_exit_code.family().clone(),
         );
         registry.register_with_unit(
             "container_memory_limit",
             "Memory limit in force for the container (resources.limits.memory)",
             Unit::Bytes,
-            metrics.memory_limit.clone(),
+            metrics.memory_limit.family().clone(),
         );
         registry.register(
             "container_crashlooping",
             "1 while the pod's container waits in CrashLoopBackOff, else 0",
-            metrics.crashlooping.clone(),
+            metrics.crashlooping.family().clone(),
         );
         registry.register_with_unit(
             "workload_unavailable",
             "Time during which the workload, after having been ready, had pods but none ready",
             Unit::Seconds,
-            metrics.unavailable.clone(),
+            metrics.unavailable.family().clone(),
         );
         registry.register(
             "pod_evictions",
             "Pods of the workload evicted by the kubelet (status.reason Evicted)",
-            metrics.evictions.clone(),
+            metrics.evictions.family().clone(),
         );
         registry.register(
             "observed_containers",
@@ -397,7 +405,8 @@ mod tests {
     #[test]
     fn observations_become_the_contracted_series_and_expire_with_the_workload() {
         let mut registry = Registry::with_prefix("selfheal");
-        let mut metrics = Metrics::register(&mut registry, &[1.0, 5.0]);
+        let guard = CardinalityGuard::register(&mut registry, 1000);
+        let mut metrics = Metrics::register(&mut registry, &[1.0, 5.0], &guard);
         let container: Arc<str> = Arc::from("api");
         let w = workload();
         metrics.record(&Observation::ContainerSeen {
@@ -460,7 +469,8 @@ mod tests {
     #[test]
     fn forgotten_pods_lose_their_crashloop_series() {
         let mut registry = Registry::with_prefix("selfheal");
-        let mut metrics = Metrics::register(&mut registry, &[1.0]);
+        let guard = CardinalityGuard::register(&mut registry, 1000);
+        let mut metrics = Metrics::register(&mut registry, &[1.0], &guard);
         let pod: Arc<str> = Arc::from("p-1");
         let container: Arc<str> = Arc::from("api");
         metrics.record(&Observation::CrashLooping {

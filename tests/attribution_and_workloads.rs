@@ -158,3 +158,32 @@ async fn a_workload_expires_after_the_retention() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cardinality_guard_caps_series_and_counts_the_dropped() {
+    let cluster = Cluster::start().await;
+    for i in 0..5 {
+        let name = format!("pod-{i}");
+        cluster.create_pod(&name, None, json!({}));
+        cluster.set_status(&name, running(0, true, None));
+    }
+    let daemon = Daemon::start(&cluster, "[metrics]\nmax_series_per_family = 3\n").await;
+    let scrape = daemon
+        .wait_for("the drops counted", |s| {
+            s.sum(
+                "selfheal_series_dropped_total",
+                &[("family", "selfheal_container_oom_kills")],
+            ) >= 2.0
+        })
+        .await;
+    let series = scrape
+        .text
+        .lines()
+        .filter(|line| line.starts_with("selfheal_container_oom_kills_total{"))
+        .count();
+    assert_eq!(series, 3, "{}", scrape.text);
+    assert!(
+        daemon.log().contains("new series are dropped"),
+        "warned once"
+    );
+}

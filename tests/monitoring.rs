@@ -15,9 +15,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use jiff::SignedDuration;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const POD: &str = "grade-submission-api";
 const PORTAL: &str = "grade-submission-portal";
@@ -629,55 +626,6 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// An HTTP server on a fixed port that can be stopped (connections refused) and restarted:
-/// the service in front of the grade API, as its clients reach it.
-struct Flaky {
-    port: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Flaky {
-    async fn start() -> Flaky {
-        let mut flaky = Flaky {
-            port: free_port(),
-            task: None,
-        };
-        flaky.up().await;
-        flaky
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind");
-        self.task = Some(tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = socket.read(&mut buf).await;
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
-                        )
-                        .await;
-                });
-            }
-        }));
-    }
-
-    fn down(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for Flaky {
-    fn drop(&mut self) {
-        self.down();
-    }
-}
-
 fn api_labels(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
     let mut labels = vec![
         ("namespace", NS),
@@ -799,7 +747,7 @@ impl Lab {
 
     /// The kernel kills the API: its clients see an outage; the kubelet restarts it at once.
     async fn first_oomkill(&mut self) {
-        self.target.down();
+        self.target.down().await;
         let down = Instant::now();
         let d1 = death("OOMKilled", 137, "first", now_s());
         self.cluster

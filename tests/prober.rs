@@ -5,51 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
-
-/// An HTTP server on a fixed port that can be stopped (connections refused) and restarted.
-struct Flaky {
-    port: u16,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Flaky {
-    async fn start() -> Flaky {
-        let mut flaky = Flaky {
-            port: free_port(),
-            task: None,
-        };
-        flaky.up().await;
-        flaky
-    }
-
-    async fn up(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind");
-        self.task = Some(tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 1024];
-                    let _ = socket.read(&mut buf).await;
-                    let _ = socket
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
-                        )
-                        .await;
-                });
-            }
-        }));
-    }
-
-    fn down(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_of_the_target_is_measured_as_clients_see_it() {
@@ -67,7 +22,7 @@ async fn an_outage_of_the_target_is_measured_as_clients_see_it() {
         })
         .await;
 
-    target.down();
+    target.down().await;
     let went_down = Instant::now();
     daemon
         .wait_for("the target down", |s| {
@@ -133,7 +88,7 @@ async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
         .await;
 
     // The kernel kills the API: the service stops answering and the kubelet reports it.
-    target.down();
+    target.down().await;
     let killed = now_s();
     let death = death("OOMKilled", 137, "c0", killed);
     cluster.set_status("grade-submission-api", terminated(0, death.clone(), None));

@@ -13,6 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::http::ProbeResult;
 use super::target::ProbeSpec;
+use crate::cardinality::{CardinalityGuard, GuardedFamily};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
@@ -59,62 +60,78 @@ const OUTAGE_BUCKETS: [f64; 14] = [
     0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn outage_histogram() -> Histogram {
+    Histogram::new(OUTAGE_BUCKETS)
+}
+
 #[derive(Clone)]
 pub struct ProbeMetrics {
-    up: Family<TargetLabels, Gauge>,
-    requests: Family<ResultLabels, Counter>,
-    duration: Family<TargetLabels, Histogram>,
-    downtime: Family<TargetLabels, Counter<f64, AtomicU64>>,
-    outages: Family<CauseLabels, Counter>,
-    outage_duration: Family<CauseLabels, Histogram>,
+    up: Arc<GuardedFamily<TargetLabels, Gauge>>,
+    requests: Arc<GuardedFamily<ResultLabels, Counter>>,
+    duration: Arc<GuardedFamily<TargetLabels, Histogram>>,
+    downtime: Arc<GuardedFamily<TargetLabels, Counter<f64, AtomicU64>>>,
+    outages: Arc<GuardedFamily<CauseLabels, Counter>>,
+    outage_duration: Arc<GuardedFamily<CauseLabels, Histogram>>,
     stale_results: Counter,
     config_errors: Family<ServiceLabels, Counter>,
 }
 
 impl ProbeMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry, guard: &CardinalityGuard) -> Self {
         let metrics = ProbeMetrics {
-            up: Family::default(),
-            requests: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),
-            downtime: Family::default(),
-            outages: Family::default(),
-            outage_duration: Family::new_with_constructor(|| Histogram::new(OUTAGE_BUCKETS)),
+            up: Arc::new(GuardedFamily::new("selfheal_probe_up", guard)),
+            requests: Arc::new(GuardedFamily::new("selfheal_probe_requests", guard)),
+            duration: Arc::new(GuardedFamily::with_constructor(
+                "selfheal_probe_duration_seconds",
+                guard,
+                duration_histogram as fn() -> Histogram,
+            )),
+            downtime: Arc::new(GuardedFamily::new("selfheal_probe_downtime_seconds", guard)),
+            outages: Arc::new(GuardedFamily::new("selfheal_probe_outages", guard)),
+            outage_duration: Arc::new(GuardedFamily::with_constructor(
+                "selfheal_probe_outage_duration_seconds",
+                guard,
+                outage_histogram as fn() -> Histogram,
+            )),
             stale_results: Counter::default(),
             config_errors: Family::default(),
         };
         registry.register(
             "probe_up",
             "1 while the target answers its probes as expected, 0 during an outage",
-            metrics.up.clone(),
+            metrics.up.family().clone(),
         );
         registry.register(
             "probe_requests",
             "Probes sent, by result (success or a failure class)",
-            metrics.requests.clone(),
+            metrics.requests.family().clone(),
         );
         registry.register_with_unit(
             "probe_duration",
             "Time each probe took, to the answer or the failure",
             Unit::Seconds,
-            metrics.duration.clone(),
+            metrics.duration.family().clone(),
         );
         registry.register_with_unit(
             "probe_downtime",
             "Time the target was down as its clients saw it, at probe resolution",
             Unit::Seconds,
-            metrics.downtime.clone(),
+            metrics.downtime.family().clone(),
         );
         registry.register(
             "probe_outages",
             "Ended outages, by the restart that caused them (unknown when none)",
-            metrics.outages.clone(),
+            metrics.outages.family().clone(),
         );
         registry.register_with_unit(
             "probe_outage_duration",
             "Length of each ended outage: time to recover as clients saw it",
             Unit::Seconds,
-            metrics.outage_duration.clone(),
+            metrics.outage_duration.family().clone(),
         );
         registry.register(
             "probe_stale_results",

@@ -353,3 +353,68 @@ impl Scrape {
             .map(|(_, labels, value)| (labels, *value))
     }
 }
+
+/// An HTTP server on a fixed port that can be stopped (connections refused) and restarted:
+/// a service as its clients reach it. It answers every request `200 []`.
+pub struct Flaky {
+    pub port: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Flaky {
+    pub async fn start() -> Flaky {
+        let mut flaky = Flaky {
+            port: free_port(),
+            task: None,
+        };
+        flaky.up().await;
+        flaky
+    }
+
+    /// Listens again on the same port.
+    pub async fn up(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The port was ours a moment ago; retry briefly in case the kernel lags.
+        let mut attempts = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(listener) => break listener,
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(error) => panic!("bind 127.0.0.1:{}: {error}", self.port),
+            }
+        };
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n[]",
+                        )
+                        .await;
+                });
+            }
+        }));
+    }
+
+    /// Stops listening: new connections are refused from when this returns.
+    pub async fn down(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // Wait until the task (and with it the listener) is really gone.
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Flaky {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
