@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use selfheal_exporter::config::{Config, FlagOverrides, LogFormat};
+use selfheal_exporter::config::{Config, FlagOverrides, LogFormat, ShardingOverrides};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +48,34 @@ pub struct RunArgs {
     /// Log format; the level comes from RUST_LOG [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// This replica's shard (0-based), or `auto`: the ordinal at the end of the pod name
+    /// (POD_NAME, else HOSTNAME), as in a StatefulSet [default: 0]
+    #[arg(long, value_name = "I|auto")]
+    pub shard: Option<String>,
+    /// How many shards split the cluster [default: 1]
+    #[arg(long, value_name = "N")]
+    pub total_shards: Option<u32>,
+}
+
+/// `--shard`: a number, or `auto` for a StatefulSet pod's ordinal.
+fn shard_flag(flag: Option<&str>) -> Result<Option<u32>, String> {
+    let Some(flag) = flag else {
+        return Ok(None);
+    };
+    if flag != "auto" {
+        return flag
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("--shard {flag:?}: expected a number or `auto`"));
+    }
+    let pod_name = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .map_err(|_| "--shard auto: neither POD_NAME nor HOSTNAME is set".to_owned())?;
+    selfheal_exporter::sharding::Sharding::ordinal_of(&pod_name)
+        .map(Some)
+        .ok_or_else(|| {
+            format!("--shard auto: pod name {pod_name:?} does not end in a StatefulSet ordinal")
+        })
 }
 
 #[derive(Args, Debug)]
@@ -80,9 +108,20 @@ fn check_config(args: CheckConfigArgs) -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    let shard = match shard_flag(args.shard.as_deref()) {
+        Ok(shard) => shard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
     let flags = FlagOverrides {
         listen: args.listen,
         log_format: args.log_format,
+        sharding: ShardingOverrides {
+            shard,
+            total_shards: args.total_shards,
+        },
     };
     let config = match Config::load(args.config.as_deref(), &flags) {
         Ok(config) => config,

@@ -15,6 +15,7 @@ use serde_saphyr::figment::Yaml;
 
 use crate::prober::discovery::ServiceAddress;
 use crate::prober::target::{ProbeSpec, StaticTarget};
+use crate::sharding::Sharding;
 use thiserror::Error;
 
 /// Prefix of the environment variables that set configuration keys. Nested keys use
@@ -31,6 +32,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub probes: ProbesConfig,
     pub incidents: IncidentsConfig,
+    /// Several replicas splitting the cluster (flags --shard, --total-shards).
+    pub sharding: Sharding,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +123,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             probes: ProbesConfig::default(),
             incidents: IncidentsConfig::default(),
+            sharding: Sharding::default(),
         }
     }
 }
@@ -144,6 +148,22 @@ pub struct FlagOverrides {
     pub listen: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    #[serde(skip_serializing_if = "ShardingOverrides::is_empty")]
+    pub sharding: ShardingOverrides,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ShardingOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_shards: Option<u32>,
+}
+
+impl ShardingOverrides {
+    fn is_empty(&self) -> bool {
+        self.shard.is_none() && self.total_shards.is_none()
+    }
 }
 
 #[derive(Debug, Error)]
@@ -253,6 +273,17 @@ impl Config {
                 key: "watch.label_selector".into(),
                 value: format!("{:?}", self.watch.label_selector),
                 reason: reason.into(),
+            });
+        }
+        let sharding = &self.sharding;
+        if sharding.total_shards == 0 || sharding.shard >= sharding.total_shards {
+            return Err(ConfigError::Value {
+                key: "sharding.shard".into(),
+                value: format!(
+                    "{} of total_shards {}",
+                    sharding.shard, sharding.total_shards
+                ),
+                reason: "must be below sharding.total_shards (shards count from 0)".into(),
             });
         }
         if self.metrics.max_series_per_family == 0 {
@@ -495,10 +526,19 @@ mod tests {
             let flags = FlagOverrides {
                 listen: Some("127.0.0.1:3000".parse().expect("addr")),
                 log_format: Some(LogFormat::Json),
+                sharding: ShardingOverrides {
+                    shard: Some(1),
+                    total_shards: None,
+                },
             };
+            jail.set_env("SELFHEAL_SHARDING__TOTAL_SHARDS", "3");
             let config = load(jail, Some("c.toml"), &flags)?;
             assert_eq!(config.listen.to_string(), "127.0.0.1:3000");
             assert_eq!(config.log_format, LogFormat::Json);
+            assert_eq!(
+                (config.sharding.shard, config.sharding.total_shards),
+                (1, 3)
+            );
             Ok(())
         });
     }

@@ -75,6 +75,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
                 probe_metrics.clone(),
                 incidents.clone(),
                 config.metrics.retention,
+                config.sharding,
             )
             .map_err(|error| error.to_string())
         }) {
@@ -90,6 +91,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         ObserverConfig {
             attribution_wait: signed(config.metrics.attribution_wait),
             retention: signed(config.metrics.retention),
+            sharding: config.sharding,
         },
         scope.namespaces.len(),
     );
@@ -109,7 +111,14 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
             })
             .await
     });
-    tracing::info!(listen = %config.listen, %api_url, version = env!("CARGO_PKG_VERSION"), "selfheal-exporter started");
+    tracing::info!(
+        listen = %config.listen,
+        %api_url,
+        version = env!("CARGO_PKG_VERSION"),
+        shard = config.sharding.shard,
+        total_shards = config.sharding.total_shards,
+        "selfheal-exporter started"
+    );
     tokio::spawn(check_api_server(client.clone(), api_url));
     let (target_changes, changes) = tokio::sync::mpsc::channel(256);
     if config.probes.discovery {

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod observer;
 pub mod prober;
 pub mod quantity;
+pub mod sharding;
 pub mod shutdown;
 pub mod watch;
 pub mod workload;

@@ -32,6 +32,7 @@ pub use cause::{Cause, ProbeKill};
 
 use crate::kube_types::{SlimEvent, SlimPod};
 use crate::quantity;
+use crate::sharding::Sharding;
 use crate::workload::{Workload, workload_of};
 use attribution::KillLedger;
 use container::{ContainerTracker, Decision};
@@ -159,6 +160,8 @@ pub struct ObserverConfig {
     pub attribution_wait: SignedDuration,
     /// How long a workload's series outlive its last pod.
     pub retention: SignedDuration,
+    /// Which workloads this replica observes.
+    pub sharding: Sharding,
 }
 
 impl Default for ObserverConfig {
@@ -166,6 +169,7 @@ impl Default for ObserverConfig {
         ObserverConfig {
             attribution_wait: SignedDuration::from_secs(5),
             retention: SignedDuration::from_hours(1),
+            sharding: Sharding::default(),
         }
     }
 }
@@ -398,7 +402,12 @@ impl Observer {
         let uid: Arc<str> = match self.pods.get_key_value(uid.as_str()) {
             Some((uid, _)) => uid.clone(),
             None => {
-                let workload = self.workloads.intern(workload_of(namespace, name, meta));
+                let workload = workload_of(namespace, name, meta);
+                if !self.config.sharding.owns_workload(&workload) {
+                    // Another replica's: not even remembered.
+                    return;
+                }
+                let workload = self.workloads.intern(workload);
                 self.workloads
                     .change(&workload, 1, i32::from(ready), now, out);
                 let uid: Arc<str> = Arc::from(uid.as_str());

@@ -24,7 +24,8 @@ use jiff::{SignedDuration, Timestamp};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::incidents::{OutageReport, SharedIncidentLog, lock};
+use crate::incidents::{Fronts, OutageReport, SharedIncidentLog, lock};
+use crate::sharding::Sharding;
 use http::ProbeResult;
 use metrics::{ProbeMetrics, TargetLabels};
 use outage::{OutageEvent, OutageTracker, Verdict};
@@ -80,6 +81,7 @@ pub struct Prober {
     origin: Clock,
     reports: mpsc::Sender<Report>,
     incoming: mpsc::Receiver<Report>,
+    sharding: Sharding,
 }
 
 impl Prober {
@@ -89,6 +91,7 @@ impl Prober {
         metrics: ProbeMetrics,
         incidents: SharedIncidentLog,
         retention: Duration,
+        sharding: Sharding,
     ) -> Result<Prober, ProberError> {
         let (reports, incoming) = mpsc::channel::<Report>(1024);
         let mut prober = Prober {
@@ -101,6 +104,7 @@ impl Prober {
             origin: Clock::now(),
             reports,
             incoming,
+            sharding,
         };
         for spec in specs {
             prober.upsert(spec)?;
@@ -153,6 +157,10 @@ impl Prober {
     }
 
     fn upsert(&mut self, spec: ProbeSpec) -> Result<(), ProberError> {
+        if !self.owns(&spec) {
+            tracing::debug!(target = %spec.name, "probe target belongs to another shard");
+            return Ok(());
+        }
         if let Some(existing) = self.targets.get(&spec.name)
             && existing.spec.same_probe_as(&spec)
         {
@@ -193,6 +201,15 @@ impl Prober {
             },
         );
         Ok(())
+    }
+
+    /// With sharding, a target is probed by the replica that owns the workload it fronts
+    /// (so correlation finds its restarts there), else by the owner of its name.
+    fn owns(&self, spec: &ProbeSpec) -> bool {
+        match &spec.fronts {
+            Some(Fronts::Workload(workload)) => self.sharding.owns_workload(workload),
+            _ => self.sharding.owns_name(&spec.name),
+        }
     }
 
     fn expire(&mut self, now: Instant) {
