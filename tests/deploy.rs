@@ -26,6 +26,7 @@ const REFRESH_HINT: &str = "refresh the copies with `SELFHEAL_REFRESH_DEPLOY_COP
 
 const BASE: &str = "deploy/kustomize/base";
 const OPERATOR: &str = "deploy/kustomize/overlays/prometheus-operator";
+const SHARDED: &str = "deploy/kustomize/overlays/sharded";
 const CHART: &str = "deploy/helm/selfheal-exporter";
 const RULES_SOURCE: &str = "deploy/rules/selfheal-rules.yaml";
 const DASHBOARDS_SOURCE: &str = "grafana/dashboards";
@@ -377,6 +378,36 @@ impl Render {
             .iter()
             .find(|o| kind(o) == wanted && namespace(o) == ns && name(o) == object_name)
     }
+
+    /// The object that runs the exporter's pods: the one Deployment, or the one StatefulSet
+    /// of the sharded variants; never both.
+    fn workload(&self) -> &Value {
+        let found: Vec<&Value> = self
+            .objects
+            .iter()
+            .filter(|o| ["Deployment", "StatefulSet"].contains(&kind(o)))
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{}: one Deployment or StatefulSet expected, found {:?}",
+            self.what,
+            found.iter().map(|o| id(o)).collect::<Vec<_>>()
+        );
+        found[0]
+    }
+
+    /// The Service Prometheus scrapes: the one that is not headless (the sharded variants
+    /// add a headless Service for the StatefulSet, which is not for scraping).
+    fn metrics_service(&self) -> &Value {
+        let found: Vec<&Value> = self
+            .of_kind("Service")
+            .into_iter()
+            .filter(|s| s["spec"]["clusterIP"] != "None")
+            .collect();
+        assert_eq!(found.len(), 1, "{}: one non-headless Service", self.what);
+        found[0]
+    }
 }
 
 fn render_from(what: String, ran: Ran) -> Render {
@@ -420,11 +451,14 @@ fn helm_in(dir: &Path, args: &[&str]) -> Ran {
 }
 
 /// The chart's values files under test: the defaults and each ci/*-values.yaml.
-const HELM_VALUES: [Option<&str>; 3] = [
+const HELM_VALUES: [Option<&str>; 4] = [
     None,
     Some("ci/all-enabled-values.yaml"),
     Some("ci/namespaced-values.yaml"),
+    Some("ci/sharded-values.yaml"),
 ];
+/// The values file that renders the sharded StatefulSet.
+const HELM_SHARDED: Option<&str> = HELM_VALUES[3];
 
 fn helm_template(values: Option<&str>) -> Render {
     let mut args = vec![
@@ -470,6 +504,17 @@ fn operator() -> Option<&'static Render> {
     .then(|| CELL.get_or_init(|| kustomize(OPERATOR)))
 }
 
+fn sharded() -> Option<&'static Render> {
+    static CELL: OnceLock<Render> = OnceLock::new();
+    refresh_copies_if_asked();
+    tool(
+        "kubectl",
+        &["version", "--client"],
+        "render the Kustomize manifests",
+    )
+    .then(|| CELL.get_or_init(|| kustomize(SHARDED)))
+}
+
 fn helm_installed() -> bool {
     tool(
         "helm",
@@ -479,7 +524,7 @@ fn helm_installed() -> bool {
 }
 
 fn chart(values: Option<&str>) -> Option<&'static Render> {
-    static CELLS: [OnceLock<Render>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    static CELLS: [OnceLock<Render>; 4] = [const { OnceLock::new() }; 4];
     refresh_copies_if_asked();
     let index = HELM_VALUES
         .iter()
@@ -490,7 +535,11 @@ fn chart(values: Option<&str>) -> Option<&'static Render> {
 
 /// Every render this machine can make: the Kustomize ones, then the chart's.
 fn all_renders() -> Vec<&'static Render> {
-    let mut renders: Vec<&'static Render> = base().into_iter().chain(operator()).collect();
+    let mut renders: Vec<&'static Render> = base()
+        .into_iter()
+        .chain(operator())
+        .chain(sharded())
+        .collect();
     for values in HELM_VALUES {
         renders.extend(chart(values));
     }
@@ -567,7 +616,7 @@ fn kustomize_base_and_operator_overlay_render() {
          overlay's configMapGenerator)"
     );
     // The overlay scrapes through the ServiceMonitor only.
-    let service = operator.one("Service");
+    let service = operator.metrics_service();
     assert_eq!(
         str_of(service, "/metadata/annotations/prometheus.io~1scrape"),
         "false"
@@ -575,6 +624,61 @@ fn kustomize_base_and_operator_overlay_render() {
     assert_eq!(
         str_of(
             base.one("Service"),
+            "/metadata/annotations/prometheus.io~1scrape"
+        ),
+        "true"
+    );
+}
+
+#[test]
+fn kustomize_sharded_overlay_renders() {
+    let (Some(base), Some(sharded)) = (base(), sharded()) else {
+        return;
+    };
+    // The base's objects, with a StatefulSet instead of the Deployment, and its headless
+    // Service.
+    let mut expected = kinds(base);
+    expected.remove("Deployment");
+    expected.insert("StatefulSet".into(), 1);
+    *expected.get_mut("Service").expect("Service") += 1;
+    assert_eq!(kinds(sharded), expected, "{}", sharded.text);
+    for object in &sharded.objects {
+        if kind(object) != "Namespace" && !kind(object).starts_with("ClusterRole") {
+            assert_eq!(namespace(object), "selfheal-system", "{}", id(object));
+        }
+        assert_eq!(
+            str_of(object, "/metadata/labels/app.kubernetes.io~1part-of"),
+            "selfheal-exporter",
+            "{}: the base's common label",
+            id(object)
+        );
+    }
+    let statefulset = sharded.workload();
+    assert_eq!(name(statefulset), "selfheal-exporter");
+    assert_eq!(
+        statefulset["spec"]["replicas"], 2,
+        "the overlay runs 2 shards"
+    );
+    // Same selector and the same pod template as the base's Deployment, apart from the
+    // shard flags and POD_NAME: hardening, probes, resources and volumes stay identical.
+    let deployment = base.workload();
+    assert_eq!(
+        statefulset["spec"]["selector"], deployment["spec"]["selector"],
+        "the StatefulSet selects the base's pods"
+    );
+    let ours = unsharded_pod_template(statefulset);
+    let theirs = unsharded_pod_template(deployment);
+    if let Some(difference) = first_difference(&ours, &theirs, "template") {
+        panic!(
+            "{SHARDED}/statefulset.yaml's pod template must equal {BASE}/deployment.yaml's \
+             apart from --shard/--total-shards and POD_NAME (StatefulSet vs Deployment \
+             {difference})"
+        );
+    }
+    // The base's scrape annotations stay on the metrics Service.
+    assert_eq!(
+        str_of(
+            sharded.metrics_service(),
             "/metadata/annotations/prometheus.io~1scrape"
         ),
         "true"
@@ -629,7 +733,11 @@ fn validate_against_schemas(render: &Render) {
 
 #[test]
 fn kustomize_manifests_match_the_kubernetes_schemas() {
-    let renders: Vec<_> = base().into_iter().chain(operator()).collect();
+    let renders: Vec<_> = base()
+        .into_iter()
+        .chain(operator())
+        .chain(sharded())
+        .collect();
     if renders.is_empty()
         || !tool(
             "kubernetes-validate",
@@ -928,9 +1036,12 @@ fn check_prometheus_rule(render: &Render, rule: &Value) {
 
 #[test]
 fn prometheus_operator_objects_are_well_formed() {
+    // ci/sharded-values.yaml too: its ServiceMonitor must select the metrics Service
+    // only, not the StatefulSet's headless Service as well (each pod scraped twice).
     let renders: Vec<_> = operator()
         .into_iter()
         .chain(chart(HELM_VALUES[1]))
+        .chain(chart(HELM_SHARDED))
         .collect();
     for render in renders {
         let monitors = render.of_kind("ServiceMonitor");
@@ -989,7 +1100,7 @@ fn helm_chart_lints_and_renders_with_every_values_file() {
         );
         // helm lint reports a template's `fail` as [INFO] and passes: render too.
         let render = chart(values).expect("helm is installed");
-        assert!(!render.of_kind("Deployment").is_empty(), "{}", render.what);
+        render.workload();
     }
     // NOTES.txt renders (helm template leaves it out: render it as a template of a copy).
     let copy = tempfile::tempdir().expect("tempdir");
@@ -1015,9 +1126,15 @@ fn helm_chart_lints_and_renders_with_every_values_file() {
             helm_in(copy.path(), &args),
         );
         let text = render.objects[0]["notes"].as_str().expect("notes");
+        let workload = if values == HELM_SHARDED {
+            "statefulset"
+        } else {
+            "deployment"
+        };
         assert!(
-            text.contains("kubectl -n default rollout status deployment/selfheal-exporter")
-                && !text.contains("<no value>"),
+            text.contains(&format!(
+                "kubectl -n default rollout status {workload}/selfheal-exporter"
+            )) && !text.contains("<no value>"),
             "NOTES.txt (values: {values:?}):\n{text}"
         );
     }
@@ -1026,6 +1143,15 @@ fn helm_chart_lints_and_renders_with_every_values_file() {
         ("image.tag=latest", "must not be \"latest\""),
         ("config.listen=0.0.0.0:1", "config.listen"),
         ("rbac.namespaced=true", "needs the namespaces"),
+        // Unsharded replicas would each export every counter (sums double-count) and
+        // probe every target.
+        ("replicas=2", "replicas=2 needs sharding.enabled=true"),
+        ("replicas=0,sharding.enabled=true", "at least one"),
+        // Sharding comes from replicas/sharding.enabled (the flags), not the config.
+        (
+            "config.sharding.total_shards=2",
+            "set sharding.enabled and replicas",
+        ),
         (
             "prometheusRule.enabled=true,prometheusRule.thresholds.no_such=1",
             "no_such",
@@ -1290,12 +1416,13 @@ fn read_grants(resources: &[(&str, &str)]) -> BTreeSet<Grant> {
 fn rbac_grants_read_access_only() {
     for render in all_renders() {
         let what = &render.what;
-        let deployment = render.one("Deployment");
-        let account = str_of(deployment, "/spec/template/spec/serviceAccountName");
-        let home = namespace(deployment);
+        let workload = render.workload();
+        let account = str_of(workload, "/spec/template/spec/serviceAccountName");
+        let home = namespace(workload);
         assert!(
             render.find("ServiceAccount", home, account).is_some(),
-            "{what}: the Deployment's ServiceAccount {account} is rendered"
+            "{what}: the {}'s ServiceAccount {account} is rendered",
+            kind(workload)
         );
         let cluster_roles = render.of_kind("ClusterRole");
         let roles = render.of_kind("Role");
@@ -1328,7 +1455,7 @@ fn rbac_grants_read_access_only() {
                 .collect();
             assert_eq!(granted, read_grants(&namespaced), "{what}: {}", id(role));
         }
-        // Every binding binds a rendered role to the Deployment's ServiceAccount, and
+        // Every binding binds a rendered role to the workload's ServiceAccount, and
         // every role is bound.
         let mut bound = BTreeSet::new();
         for binding in render
@@ -1413,7 +1540,7 @@ fn the_base_config_file_passes_check_config() {
 fn the_deployed_config_passes_check_config() {
     for render in all_renders() {
         let what = &render.what;
-        let deployment = render.one("Deployment");
+        let deployment = render.workload();
         let pod = &deployment["spec"]["template"]["spec"];
         let container = &pod["containers"][0];
         // The file given with --config ...
@@ -1473,6 +1600,30 @@ fn the_deployed_config_passes_check_config() {
         let dir = tempfile::tempdir().expect("tempdir");
         let written = write_temp(&dir, file, content);
         let effective = check_config(&written, &env, what);
+        // A StatefulSet's pods: the config with each pod's shard flags (--shard auto is the
+        // pod's ordinal) passes too. check-config takes no flags; the SELFHEAL_SHARDING__*
+        // variables stand in for them (flags win over the file and the environment alike).
+        if let Some((total, ordinals)) = shards_of(render, deployment) {
+            for ordinal in ordinals {
+                let mut env = env.clone();
+                env.push(("SELFHEAL_SHARDING__SHARD".into(), ordinal.to_string()));
+                env.push(("SELFHEAL_SHARDING__TOTAL_SHARDS".into(), total.to_string()));
+                let pod_what = format!("{what}, pod {}-{ordinal}", name(deployment));
+                let effective = check_config(&written, &env, &pod_what);
+                let sharding = effective
+                    .get("sharding")
+                    .and_then(toml::Value::as_table)
+                    .unwrap_or_else(|| panic!("{pod_what}: no [sharding] in check-config"));
+                assert_eq!(
+                    (
+                        sharding["shard"].as_integer(),
+                        sharding["total_shards"].as_integer()
+                    ),
+                    (Some(i64::from(ordinal)), Some(i64::from(total))),
+                    "{pod_what}: the effective sharding"
+                );
+            }
+        }
         // It listens on the port the probes and the Service use.
         let listen = effective["listen"].as_str().expect("listen");
         let port = &container["ports"][0];
@@ -1493,8 +1644,21 @@ fn the_deployed_config_passes_check_config() {
 fn the_pod_is_hardened_sized_and_probed() {
     for render in all_renders() {
         let what = &render.what;
-        let deployment = render.one("Deployment");
-        assert_eq!(deployment["spec"]["replicas"], 1, "{what}: one replica");
+        let deployment = render.workload();
+        // A Deployment: exactly one replica; a StatefulSet: one per shard (checked in
+        // sharded_statefulsets_run_one_pod_per_shard).
+        match kind(deployment) {
+            "Deployment" => {
+                assert_eq!(deployment["spec"]["replicas"], 1, "{what}: one replica");
+                let args = container_args(deployment);
+                assert!(
+                    flag_value(&args, "--shard").is_none()
+                        && flag_value(&args, "--total-shards").is_none(),
+                    "{what}: an unsharded Deployment passes no shard flags: {args:?}"
+                );
+            }
+            _ => assert!(shards_of(render, deployment).is_some(), "{what}"),
+        }
         let pod = &deployment["spec"]["template"]["spec"];
         assert_eq!(
             pod["automountServiceAccountToken"], true,
@@ -1559,7 +1723,7 @@ fn the_pod_is_hardened_sized_and_probed() {
         assert_eq!(resources["requests"]["cpu"], "50m", "{what}");
         assert_eq!(resources["limits"]["memory"], "128Mi", "{what}");
         // The Service exposes the port by name.
-        let service = render.one("Service");
+        let service = render.metrics_service();
         let port = &service["spec"]["ports"][0];
         assert_eq!(port["name"], "metrics", "{what}");
         assert_eq!(port["port"], PORT, "{what}");
@@ -1569,6 +1733,238 @@ fn the_pod_is_hardened_sized_and_probed() {
             selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
             "{what}: the Service selects the pod"
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sharding: a StatefulSet of one pod per shard
+// ---------------------------------------------------------------------------------------
+
+/// The exporter container's args.
+fn container_args(workload: &Value) -> Vec<String> {
+    workload["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .map(|args| {
+            args.iter()
+                .map(|a| a.as_str().expect("args are strings").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `flag` in `args` (`--flag value` or `--flag=value`).
+fn flag_value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    let mut found = None;
+    for (i, arg) in args.iter().enumerate() {
+        let value = if arg == flag {
+            args.get(i + 1).map(String::as_str)
+        } else {
+            arg.strip_prefix(flag)
+                .and_then(|rest| rest.strip_prefix('='))
+        };
+        if value.is_some() {
+            assert!(found.is_none(), "{flag} given twice: {args:?}");
+            found = value;
+        }
+    }
+    found
+}
+
+/// For a StatefulSet: its shard count and the ordinals of its pods, after checking that
+/// each pod finds its shard (`--shard auto` with POD_NAME from metadata.name) and that
+/// `--total-shards` equals the replicas. `None` for a Deployment.
+fn shards_of(render: &Render, workload: &Value) -> Option<(u32, std::ops::Range<u32>)> {
+    if kind(workload) != "StatefulSet" {
+        return None;
+    }
+    let what = format!("{}: {}", render.what, id(workload));
+    let args = container_args(workload);
+    assert_eq!(
+        flag_value(&args, "--shard"),
+        Some("auto"),
+        "{what}: each pod takes its shard from its ordinal (--shard auto): {args:?}"
+    );
+    let replicas = workload["spec"]["replicas"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{what}: spec.replicas is set"));
+    let total: u32 = flag_value(&args, "--total-shards")
+        .unwrap_or_else(|| panic!("{what}: --total-shards is passed: {args:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{what}: --total-shards is a number: {e}"));
+    assert_eq!(
+        u64::from(total),
+        replicas,
+        "{what}: --total-shards equals spec.replicas (fewer replicas leave shards unobserved, \
+         more run a shard twice)"
+    );
+    let env = workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let pod_name: Vec<&Value> = env.iter().filter(|v| v["name"] == "POD_NAME").collect();
+    assert_eq!(pod_name.len(), 1, "{what}: one POD_NAME variable");
+    assert_eq!(
+        pod_name[0],
+        &serde_json::json!({
+            "name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}
+        }),
+        "{what}: POD_NAME comes from the pod's metadata.name (the ordinal --shard auto reads)"
+    );
+    Some((total, 0..total))
+}
+
+/// A workload's pod template without what sharding adds (the --shard/--total-shards
+/// args and the POD_NAME variable), to compare a StatefulSet with a Deployment.
+fn unsharded_pod_template(workload: &Value) -> Value {
+    let mut template = workload["spec"]["template"].clone();
+    let container = &mut template["spec"]["containers"][0];
+    if let Some(args) = container["args"].as_array_mut() {
+        let mut kept = Vec::new();
+        let mut skip_value = false;
+        for arg in args.drain(..) {
+            let text = arg.as_str().unwrap_or("");
+            if skip_value {
+                skip_value = false;
+            } else if text == "--shard" || text == "--total-shards" {
+                skip_value = true;
+            } else if !(text.starts_with("--shard=") || text.starts_with("--total-shards=")) {
+                kept.push(arg);
+            }
+        }
+        *args = kept;
+    }
+    if let Some(env) = container["env"].as_array_mut() {
+        env.retain(|v| v["name"] != "POD_NAME");
+    }
+    template
+}
+
+#[test]
+fn sharded_statefulsets_run_one_pod_per_shard() {
+    let statefulsets: Vec<(&Render, &Value)> = all_renders()
+        .into_iter()
+        .map(|render| (render, render.workload()))
+        .filter(|(_, workload)| kind(workload) == "StatefulSet")
+        .collect();
+    if sharded().is_some() {
+        assert!(
+            statefulsets.iter().any(|(r, _)| r.what.contains(SHARDED)),
+            "{SHARDED} renders a StatefulSet"
+        );
+    }
+    if helm_installed() {
+        assert!(
+            statefulsets
+                .iter()
+                .any(|(r, _)| r.what.contains("sharded-values")),
+            "ci/sharded-values.yaml renders a StatefulSet"
+        );
+    }
+    // The daemon knows every flag the manifests pass.
+    let help = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"));
+        command.arg("--help");
+        let ran = run(command);
+        assert!(
+            ran.status.success(),
+            "selfheal-exporter --help:\n{}",
+            ran.said()
+        );
+        ran.stdout
+    };
+    for (render, statefulset) in &statefulsets {
+        let what = format!("{}: {}", render.what, id(statefulset));
+        let (total, _) = shards_of(render, statefulset).expect("a StatefulSet");
+        assert!(total >= 1, "{what}: at least one shard");
+        for arg in container_args(statefulset) {
+            if let Some(flag) = arg.strip_prefix("--") {
+                let flag = flag.split('=').next().unwrap_or(flag);
+                assert!(
+                    help.contains(&format!("--{flag} ")),
+                    "{what}: selfheal-exporter has no flag --{flag}"
+                );
+            }
+        }
+        let spec = &statefulset["spec"];
+        assert_eq!(
+            spec["podManagementPolicy"], "Parallel",
+            "{what}: shards are independent"
+        );
+        assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate", "{what}");
+        // serviceName: a headless Service, rendered, selecting the pods, not for scraping.
+        let service_name = spec["serviceName"].as_str().unwrap_or("");
+        let headless = render
+            .find("Service", namespace(statefulset), service_name)
+            .unwrap_or_else(|| panic!("{what}: serviceName {service_name:?} is not rendered"));
+        assert_eq!(
+            headless["spec"]["clusterIP"], "None",
+            "{what}: {service_name} is headless"
+        );
+        let selector = labels_of(headless, "/spec/selector");
+        let pod_labels = labels_of(statefulset, "/spec/template/metadata/labels");
+        assert!(
+            !selector.is_empty() && selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{what}: {service_name} selects the pods"
+        );
+        assert!(
+            !keys(&headless["metadata"]["annotations"])
+                .iter()
+                .any(|k| k.starts_with("prometheus.io/")),
+            "{what}: {service_name} carries no scrape annotations (the pods would be \
+             scraped twice, every sum doubled)"
+        );
+        assert!(
+            str_of(headless, "/metadata/labels/app.kubernetes.io~1name").is_empty(),
+            "{what}: {service_name} has no app.kubernetes.io/name label, so a ServiceMonitor \
+             selecting the exporter by it does not scrape the pods twice"
+        );
+        // The metrics Service still selects every shard.
+        let metrics = render.metrics_service();
+        let selector = labels_of(metrics, "/spec/selector");
+        assert!(
+            selector.iter().all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "{what}: the metrics Service selects the shards"
+        );
+    }
+    // The chart's StatefulSet has the Deployment's pod template, apart from sharding.
+    if helm_installed() {
+        let flat = |set: Option<&str>| {
+            let mut args = vec![
+                "template",
+                "selfheal-exporter",
+                ".",
+                "--namespace",
+                "selfheal-system",
+            ];
+            if let Some(set) = set {
+                args.extend(["--set", set]);
+            }
+            render_from(format!("helm template --set {set:?}"), helm(&args))
+        };
+        let unsharded = flat(None);
+        let sharded_render = flat(Some("sharding.enabled=true,replicas=4"));
+        let statefulset = sharded_render.workload();
+        assert_eq!(kind(statefulset), "StatefulSet", "{}", sharded_render.what);
+        assert_eq!(
+            shards_of(&sharded_render, statefulset).map(|s| s.0),
+            Some(4)
+        );
+        let deployment = unsharded.workload();
+        assert_eq!(kind(deployment), "Deployment");
+        if let Some(difference) = first_difference(
+            &unsharded_pod_template(statefulset),
+            &unsharded_pod_template(deployment),
+            "template",
+        ) {
+            panic!(
+                "the chart's StatefulSet and Deployment differ in more than sharding \
+                 ({difference})"
+            );
+        }
+        // Sharding on, one replica: a StatefulSet of a single shard is allowed.
+        let one = flat(Some("sharding.enabled=true"));
+        assert_eq!(shards_of(&one, one.workload()).map(|s| s.0), Some(1));
     }
 }
 
@@ -1946,15 +2342,14 @@ fn the_docker_build_context_is_a_complete_workspace() {
     );
 }
 
-#[test]
-fn the_documented_threshold_patch_applies() {
-    // deploy/README.md shows how to override an alert threshold in an overlay; that very
-    // snippet, pointed at this repository's overlay, must render and change that rule.
+/// The ```yaml block after `<!-- tested: NAME -->` in deploy/README.md, unindented.
+fn readme_snippet(marker_name: &str) -> String {
     let readme = read("deploy/README.md");
-    let marker = readme
-        .find("<!-- tested: threshold-patch -->")
-        .expect("deploy/README.md has the tested threshold-patch snippet");
-    let rest = &readme[marker..];
+    let marker = format!("<!-- tested: {marker_name} -->");
+    let at = readme
+        .find(&marker)
+        .unwrap_or_else(|| panic!("deploy/README.md has the tested snippet {marker}"));
+    let rest = &readme[at..];
     let fence = rest
         .find("```yaml")
         .expect("a ```yaml block after the marker");
@@ -1962,41 +2357,60 @@ fn the_documented_threshold_patch_applies() {
     let indent = fence - line_start;
     let body_start = fence + rest[fence..].find('\n').expect("fence line") + 1;
     let body_end = body_start + rest[body_start..].find("```").expect("closing fence");
-    let snippet: String = rest[body_start..body_end]
+    rest[body_start..body_end]
         .lines()
         .map(|line| line.get(indent..).unwrap_or("").trim_end())
         .collect::<Vec<_>>()
-        .join("\n");
-    if !path(RULES_SOURCE).exists() {
-        return;
-    }
-    let Some(_) = operator() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
-    // Kustomize wants a relative path to the overlay.
-    let ups = dir.path().components().count() - 1;
-    let overlay = format!(
-        "{}{}",
-        "../".repeat(ups),
-        path(OPERATOR)
-            .to_str()
-            .expect("utf-8")
-            .trim_start_matches('/')
-    );
-    let documented = "../selfheal-exporter/deploy/kustomize/overlays/prometheus-operator";
+        .join("\n")
+}
+
+/// Renders a kustomization of deploy/README.md that uses `documented` (a path relative to
+/// a checkout next to the user's overlay) as a resource, pointed at `overlay` here.
+fn render_readme_kustomization(
+    snippet: &str,
+    documented: &str,
+    overlay: &str,
+    what: &str,
+) -> Render {
     assert!(
         snippet.contains(documented),
         "the snippet uses {documented}:\n{snippet}"
     );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Kustomize wants a relative path to the overlay.
+    let ups = dir.path().components().count() - 1;
+    let relative = format!(
+        "{}{}",
+        "../".repeat(ups),
+        path(overlay)
+            .to_str()
+            .expect("utf-8")
+            .trim_start_matches('/')
+    );
     write_temp(
         &dir,
         "kustomization.yaml",
-        &snippet.replace(documented, &overlay),
+        &snippet.replace(documented, &relative),
     );
     let mut command = Command::new("kubectl");
     command.arg("kustomize").arg(dir.path());
-    let render = render_from(
-        "the threshold patch of deploy/README.md".into(),
-        run(command),
+    render_from(what.into(), run(command))
+}
+
+#[test]
+fn the_documented_threshold_patch_applies() {
+    // deploy/README.md shows how to override an alert threshold in an overlay; that very
+    // snippet, pointed at this repository's overlay, must render and change that rule.
+    let snippet = readme_snippet("threshold-patch");
+    if !path(RULES_SOURCE).exists() {
+        return;
+    }
+    let Some(_) = operator() else { return };
+    let render = render_readme_kustomization(
+        &snippet,
+        "../selfheal-exporter/deploy/kustomize/overlays/prometheus-operator",
+        OPERATOR,
+        "the threshold patch of deploy/README.md",
     );
     let rule = render.one("PrometheusRule");
     let expected = with_threshold(
@@ -2013,5 +2427,29 @@ fn the_documented_threshold_patch_applies() {
             "the README's patch must change exactly selfheal:threshold:oom_kills_1h to \
              vector(5) ({difference}); if the overlay's copy is stale: {REFRESH_HINT}"
         );
+    }
+}
+
+#[test]
+fn the_documented_shard_count_patch_applies() {
+    // deploy/README.md shows how to change the shard count of the sharded overlay; that
+    // snippet must render, with replicas and --total-shards changed together.
+    let snippet = readme_snippet("shard-count-patch");
+    let Some(original) = sharded() else { return };
+    let render = render_readme_kustomization(
+        &snippet,
+        "../selfheal-exporter/deploy/kustomize/overlays/sharded",
+        SHARDED,
+        "the shard-count patch of deploy/README.md",
+    );
+    let statefulset = render.workload();
+    let (total, _) = shards_of(&render, statefulset).expect("a StatefulSet");
+    assert_eq!(total, 4, "the README's patch makes 4 shards");
+    // Nothing else changes.
+    let mut expected = original.workload().clone();
+    expected["spec"]["replicas"] = serde_json::json!(4);
+    expected["spec"]["template"]["spec"]["containers"][0]["args"][5] = serde_json::json!("4");
+    if let Some(difference) = first_difference(statefulset, &expected, "StatefulSet") {
+        panic!("the README's shard-count patch changes more than the count: {difference}");
     }
 }

@@ -46,6 +46,13 @@ app.kubernetes.io/name: {{ include "selfheal-exporter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+The headless Service of the sharded StatefulSet (its spec.serviceName).
+*/}}
+{{- define "selfheal-exporter.shardsServiceName" -}}
+{{- printf "%s-shards" (include "selfheal-exporter.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "selfheal-exporter.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "selfheal-exporter.fullname" .) .Values.serviceAccount.name }}
