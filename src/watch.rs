@@ -12,7 +12,7 @@ use futures::stream::{BoxStream, SelectAll};
 use futures::{StreamExt, stream};
 use jiff::Timestamp;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -187,8 +187,6 @@ where
             }),
     )
 }
-
-use kube::runtime::watcher::watcher;
 
 impl WatchLoop {
     /// Runs until `shutdown` turns true.
