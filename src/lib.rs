@@ -17,4 +17,5 @@ pub mod quantity;
 pub mod sharding;
 pub mod shutdown;
 pub mod watch;
+pub mod watch_backoff;
 pub mod workload;

@@ -26,6 +26,7 @@ use crate::incidents::{SharedIncidentLog, lock};
 use crate::kube_types::{SlimEvent, SlimPod};
 use crate::metrics::Metrics;
 use crate::observer::{Observation, Observer};
+use crate::watch_backoff::{ExpiredFlag, WatchBackoff};
 
 /// Which pods and Events to watch.
 #[derive(Clone, Debug, PartialEq)]
@@ -180,8 +181,11 @@ where
                     Some(ns) => Api::namespaced(client.clone(), ns),
                     None => Api::all(client.clone()),
                 };
+                let expired = ExpiredFlag::default();
+                let backoff = WatchBackoff::new(&expired);
                 watcher(api, config.clone())
-                    .default_backoff()
+                    .inspect(move |event| expired.observe(event))
+                    .backoff(backoff)
                     .map(move |event| (index, event))
                     .boxed()
             }),
