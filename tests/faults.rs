@@ -229,13 +229,27 @@ fn bad_input_exits_2_with_one_line_naming_the_key() {
     assert_eq!(code, 2);
     assert!(stderr.contains("--shard"), "{stderr}");
     let (code, stderr) = run_binary(
-        &["--shard", "auto", "--total-shards", "2", "--listen", "127.0.0.1:0"],
+        &[
+            "--shard",
+            "auto",
+            "--total-shards",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[("POD_NAME", "selfheal-exporter")],
     );
     assert_eq!(code, 2);
     assert!(stderr.contains("StatefulSet ordinal"), "{stderr}");
     let (code, stderr) = run_binary(
-        &["--shard", "2", "--total-shards", "2", "--listen", "127.0.0.1:0"],
+        &[
+            "--shard",
+            "2",
+            "--total-shards",
+            "2",
+            "--listen",
+            "127.0.0.1:0",
+        ],
         &[],
     );
     assert_eq!(code, 2);
