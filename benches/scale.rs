@@ -1,0 +1,2724 @@
+//! Scalability benchmark of the whole daemon: 10,000 and 100,000 pods, the daemon's own
+//! event-processing capacity, `/metrics` with 100,000+ series, and memory under pod churn.
+//!
+//! Like `observer_load`, the release `selfheal-exporter` binary runs as a separate process
+//! against an in-process lab API server (`selfheal-lab`) holding realistic pods
+//! (Deployment replicas, StatefulSets, bare pods; one or two containers with memory
+//! limits; a `last-applied-configuration` annotation and `managedFields`, 7–12 KB of
+//! JSON each). The phases, each on a fresh lab and a fresh daemon, selected with
+//! `BENCH_SCALE_PHASES` (comma-separated, default all of them):
+//!
+//! - `sync10k`, `sync100k` — memory and initial sync at scale. Loads `BENCH_SMALL_PODS`
+//!   (10,000) or `BENCH_LARGE_PODS` (100,000) pods, starts the daemon and waits for
+//!   `/readyz` (the initial list is synced): wall time, CPU (utime + stime) and RSS of the
+//!   daemon. Then every pod goes through one kubelet-style OOMKill cycle
+//!   (`BENCH_UPDATES_PER_POD` status updates each, default 4: ready → OOMKilled →
+//!   CrashLoopBackOff → restarted → ready) while a Prometheus-like scraper reads
+//!   `/metrics` every `BENCH_SCRAPE_SECS`; peak RSS (sampled every 100 ms, and `VmHWM`)
+//!   against the goals of 48 MiB at 10,000 pods and 128 MiB at 100,000 pods. The counts
+//!   of OOMKills and restarts exported must match what was injected.
+//! - `scrape` — runs inside `sync100k` (which it implies): while the updates stream, as
+//!   soon as `/metrics` has `BENCH_SCRAPE_SERIES` (100,000) series, the updates pause, the
+//!   daemon is let go idle and five `GET /metrics` are timed (goal: under 250 ms); the
+//!   same is done again at the end, with every series the run creates. (With 100,000
+//!   pods the initial sync alone creates about 183,000 series, so the first measurement
+//!   comes before any update.)
+//! - `drain` — the daemon's own event throughput, unconstrained by the lab. The lab is
+//!   slower than the daemon on both ends: its writer takes about 5,000 writes/s, and its
+//!   watch encodes each event from a `serde_json::Value` on a single task (about
+//!   40,000 events/s). So the daemon talks to the lab through an in-process TCP proxy
+//!   that buffers whatever the lab sends, without limit. `BENCH_DRAIN_PODS` (10,000) pods
+//!   are synced and warmed up (one update each); the daemon is frozen with SIGSTOP;
+//!   `BENCH_DRAIN_UPDATES` (100,000) status updates are written into the lab (whose
+//!   history is sized to keep them, so the frozen watch resumes without `410 Expired`);
+//!   the lab's watch encodes them all into the proxy's buffer; then SIGCONT, and the
+//!   daemon reads the stream at memory speed. Its CPU time is polled every 5 ms: the
+//!   drain ends at its last CPU tick once `selfheal_watch_events_total{resource="pods",
+//!   type="apply"}` has counted every update (checked by a single scrape once the daemon
+//!   is idle, so polling does not slow the drain). Meanwhile the bench keeps each update's
+//!   watch line exactly as the lab sends it (`{"type":"MODIFIED","object":{…}}`,
+//!   serialized from the same `Value` by the same serializer); afterwards, with the
+//!   daemon and the lab idle, one thread decodes those lines with `serde_json` alone into
+//!   `selfheal_exporter::kube_types::SlimPod` inside a `WatchEvent { type, object }`,
+//!   best of three passes. Goal: drain rate ≥ 2/3 of that. A second round repeats the
+//!   drain with the proxy holding back (so the lab's watch blocks, as on a direct
+//!   connection) to show the rate when the lab's encoder feeds the daemon live.
+//! - `churn` — memory under pod churn. `BENCH_CHURN_PODS` (10,000) pods; the daemon runs
+//!   with a config file setting `[metrics] retention = BENCH_CHURN_RETENTION` (default
+//!   `"30s"` instead of the built-in 1 h, so a deleted bare pod's workload series expire
+//!   within the run and a steady state is reachable); every pod first goes through one
+//!   OOMKill cycle (so every workload already has its full set of series); then for
+//!   `BENCH_CHURN_SECS` (300) a writer deletes random pods and creates replacements at
+//!   `BENCH_CHURN_PER_MIN` (1,000 a minute each way; a Deployment's pod is replaced by a
+//!   new pod of the same Deployment, a StatefulSet's by the same name, a bare pod by a new
+//!   bare pod, i.e. a new workload; every fourth new pod goes through an OOMKill cycle).
+//!   The daemon's RSS is sampled every `BENCH_CHURN_SAMPLE_SECS` (5) and printed as a
+//!   curve with the series count; the goal is a flat curve after the warm-up (the first
+//!   40 % of the run, at least four retention periods).
+//!
+//! At the end a table lists each goal as met / NOT MET with the numbers.
+//!
+//! Run it (Linux only: it reads `/proc/<pid>/{status,stat}`; all traffic stays on
+//! 127.0.0.1; every daemon is stopped by a drop guard however the bench ends, Ctrl-C
+//! included):
+//!
+//! ```text
+//! cargo bench --bench scale                                           # everything, ~17 min
+//! BENCH_SCALE_PHASES=drain cargo bench --bench scale                  # one phase
+//! BENCH_SCALE_PHASES=sync100k,scrape BENCH_LARGE_PODS=50000 cargo bench --bench scale
+//! BENCH_SCALE_PHASES=churn BENCH_CHURN_SECS=600 cargo bench --bench scale
+//! ```
+//!
+//! Other knobs: `BENCH_HISTORY` (changes the lab keeps for watch resumption in the
+//! `sync*` and `churn` phases, default 50,000: each stored pod version costs the bench
+//! about 57 KB, as the lab keeps objects as `serde_json::Value`; at 100,000 pods the bench
+//! process peaks at about 15 GB; the drain phase sizes its own history, about 6 GB),
+//! `BENCH_TIMEOUT_SECS` (default 300: the longest wait for the daemon to sync or catch
+//! up), `BENCH_DAEMON_WRAPPER` (a command the daemon runs under, for profiling: e.g.
+//! `heaptrack -o /tmp/daemon`, `taskset -c 1`, `env MALLOC_ARENA_MAX=1`; /proc figures
+//! and signals still go to the daemon itself). Without `--bench` (e.g. under
+//! `cargo test --benches`) it runs every phase at smoke-test sizes unless the variables
+//! say otherwise.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use jiff::Timestamp;
+use selfheal_exporter::kube_types::SlimPod;
+use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: f64 = 1024.0 * 1024.0;
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The issue's goals.
+const RSS_GOAL_SMALL_MIB: f64 = 48.0;
+const RSS_GOAL_LARGE_MIB: f64 = 128.0;
+const SYNC_CPU_GOAL_SECS: f64 = 20.0;
+const THROUGHPUT_GOAL_RATIO: f64 = 2.0 / 3.0;
+const SCRAPE_GOAL_MS: f64 = 250.0;
+const SCRAPE_GOAL_SERIES: usize = 100_000;
+/// Timed scrapes per measurement.
+const TIMED_SCRAPES: usize = 5;
+const APPLY_COUNTER: &str = "selfheal_watch_events_total";
+
+/// Set on Ctrl-C / SIGTERM: writer threads stop at their next check.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+const NAMESPACE_NAMES: [&str; 10] = [
+    "checkout",
+    "payments",
+    "catalog",
+    "search",
+    "identity",
+    "notifications",
+    "analytics",
+    "media",
+    "ledger",
+    "platform",
+];
+const APP_NAMES: [&str; 12] = [
+    "api",
+    "web",
+    "worker",
+    "gateway",
+    "cart",
+    "pricing",
+    "inventory",
+    "auth",
+    "mailer",
+    "indexer",
+    "thumbnailer",
+    "scheduler",
+];
+const MEMORY_LIMITS: [(&str, &str); 4] = [
+    ("128Mi", "64Mi"),
+    ("256Mi", "128Mi"),
+    ("512Mi", "256Mi"),
+    ("1Gi", "512Mi"),
+];
+/// Kubernetes' alphabet for generated name suffixes and template hashes.
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+fn main() -> ExitCode {
+    let bench_mode = std::env::args().any(|arg| arg == "--bench");
+    if !bench_mode {
+        eprintln!("scale: run without --bench: smoke-test sizes unless BENCH_* say otherwise");
+    }
+    let settings = match Settings::from_env(bench_mode) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("scale: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let outcome = runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("SIGTERM handler")?;
+        // Dropping `run` on a signal drops its daemons' guards, which kill them.
+        tokio::select! {
+            outcome = run(&settings) => outcome,
+            _ = tokio::signal::ctrl_c() => {
+                STOP.store(true, Ordering::SeqCst);
+                bail!("interrupted")
+            }
+            _ = terminate.recv() => {
+                STOP.store(true, Ordering::SeqCst);
+                bail!("terminated")
+            }
+        }
+    });
+    STOP.store(true, Ordering::SeqCst);
+    // Writer threads check STOP; do not wait for them forever.
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("scale: FAILED: the daemon's metrics disagree with what was injected");
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("scale: FAILED: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Settings.
+// ---------------------------------------------------------------------------------------
+
+const ALL_PHASES: [&str; 5] = ["sync10k", "sync100k", "scrape", "drain", "churn"];
+
+struct Settings {
+    phases: HashSet<String>,
+    small_pods: usize,
+    large_pods: usize,
+    updates_per_pod: usize,
+    history: usize,
+    scrape_every: Option<Duration>,
+    scrape_series: usize,
+    drain_pods: usize,
+    drain_updates: usize,
+    churn_pods: usize,
+    churn_per_min: usize,
+    churn_secs: u64,
+    churn_retention: String,
+    churn_sample: Duration,
+    timeout: Duration,
+}
+
+impl Settings {
+    fn from_env(bench_mode: bool) -> Result<Settings> {
+        let full = |full: usize, smoke: usize| if bench_mode { full } else { smoke };
+        let phases: HashSet<String> = std::env::var("BENCH_SCALE_PHASES")
+            .unwrap_or_else(|_| ALL_PHASES.join(","))
+            .split(',')
+            .map(|phase| phase.trim().to_ascii_lowercase())
+            .filter(|phase| !phase.is_empty())
+            .collect();
+        for phase in &phases {
+            ensure!(
+                phase == "all" || ALL_PHASES.contains(&phase.as_str()),
+                "BENCH_SCALE_PHASES: unknown phase {phase:?} (known: {}, all)",
+                ALL_PHASES.join(", ")
+            );
+        }
+        let phases = if phases.contains("all") {
+            ALL_PHASES.iter().map(|phase| phase.to_string()).collect()
+        } else {
+            phases
+        };
+        let retention = std::env::var("BENCH_CHURN_RETENTION").unwrap_or_else(|_| "30s".into());
+        ensure!(
+            !retention.is_empty() && retention.chars().all(|c| c.is_ascii_alphanumeric()),
+            "BENCH_CHURN_RETENTION={retention:?} is not a duration like 30s or 2m"
+        );
+        let settings = Settings {
+            phases,
+            small_pods: env_number("BENCH_SMALL_PODS", full(10_000, 200))?,
+            large_pods: env_number("BENCH_LARGE_PODS", full(100_000, 1_000))?,
+            updates_per_pod: env_number("BENCH_UPDATES_PER_POD", 4)?,
+            history: env_number("BENCH_HISTORY", 50_000)?,
+            scrape_every: match env_number("BENCH_SCRAPE_SECS", 15)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs as u64)),
+            },
+            scrape_series: env_number("BENCH_SCRAPE_SERIES", full(SCRAPE_GOAL_SERIES, 1_000))?,
+            drain_pods: env_number("BENCH_DRAIN_PODS", full(10_000, 200))?,
+            drain_updates: env_number("BENCH_DRAIN_UPDATES", full(100_000, 2_000))?,
+            churn_pods: env_number("BENCH_CHURN_PODS", full(10_000, 200))?,
+            churn_per_min: env_number("BENCH_CHURN_PER_MIN", 1_000)?,
+            churn_secs: env_number("BENCH_CHURN_SECS", full(300, 20))? as u64,
+            churn_retention: retention,
+            churn_sample: Duration::from_secs(
+                env_number("BENCH_CHURN_SAMPLE_SECS", full(5, 2))?.max(1) as u64,
+            ),
+            timeout: Duration::from_secs(env_number("BENCH_TIMEOUT_SECS", 300)?.max(1) as u64),
+        };
+        ensure!(
+            settings.small_pods > 0 && settings.large_pods > 0,
+            "pod counts must be at least 1"
+        );
+        ensure!(
+            settings.drain_pods > 0 && settings.churn_pods > 0,
+            "pod counts must be at least 1"
+        );
+        ensure!(settings.history > 0, "BENCH_HISTORY must be at least 1");
+        Ok(settings)
+    }
+
+    fn wants(&self, phase: &str) -> bool {
+        self.phases.contains(phase)
+    }
+}
+
+fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .replace('_', "")
+            .parse()
+            .with_context(|| format!("{name}={text:?} is not a non-negative integer")),
+        Err(_) => Ok(default),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Goals.
+// ---------------------------------------------------------------------------------------
+
+struct GoalRow {
+    goal: String,
+    target: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Goals {
+    rows: Vec<GoalRow>,
+    /// Correctness of every phase (exported counts = injected ones).
+    correct: bool,
+}
+
+impl Goals {
+    fn add(&mut self, goal: &str, target: &str, measured: String, met: Option<bool>) {
+        self.rows.push(GoalRow {
+            goal: goal.to_owned(),
+            target: target.to_owned(),
+            measured,
+            met,
+        });
+    }
+
+    fn print(&self) {
+        println!();
+        println!("scale: goals");
+        println!("| goal | target | measured | verdict |");
+        println!("|---|---|---|---|");
+        let mut rows: Vec<&GoalRow> = self.rows.iter().collect();
+        rows.sort_by_key(|row| row.goal.split('.').next().unwrap_or_default().to_owned());
+        for row in rows {
+            let verdict = match row.met {
+                Some(true) => "met",
+                Some(false) => "NOT MET",
+                None => "n/a",
+            };
+            println!(
+                "| {} | {} | {} | {} |",
+                row.goal, row.target, row.measured, verdict
+            );
+        }
+    }
+}
+
+async fn run(settings: &Settings) -> Result<bool> {
+    let clk_tck = clock_ticks_per_second()?;
+    let mut goals = Goals {
+        correct: true,
+        ..Goals::default()
+    };
+    println!(
+        "scale: phases {}; daemon {}; {} CPUs",
+        ALL_PHASES
+            .iter()
+            .filter(|phase| settings.wants(phase)
+                || (**phase == "sync100k" && settings.wants("scrape")))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(","),
+        env!("CARGO_BIN_EXE_selfheal-exporter"),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if settings.wants("sync10k") {
+        fleet_phase(settings, FleetSize::Small, clk_tck, &mut goals).await?;
+    }
+    if settings.wants("sync100k") || settings.wants("scrape") {
+        fleet_phase(settings, FleetSize::Large, clk_tck, &mut goals).await?;
+    }
+    if settings.wants("drain") {
+        drain_phase(settings, clk_tck, &mut goals).await?;
+    }
+    if settings.wants("churn") {
+        churn_phase(settings, clk_tck, &mut goals).await?;
+    }
+    goals.print();
+    if let Ok(status) = read_status(std::process::id()) {
+        println!(
+            "bench process (lab + writers): VmHWM {:.0} MiB",
+            status.hwm_bytes as f64 / MIB
+        );
+    }
+    Ok(goals.correct)
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "" } else { " ← MISMATCH" }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}
+
+/// A lab API server and the daemon's kubeconfig for it.
+struct Rig {
+    lab: ApiServer,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl Rig {
+    async fn start(history: usize) -> Result<Rig> {
+        let dir = tempfile::tempdir().context("temporary directory")?;
+        let lab = ApiServer::start(ApiServerConfig {
+            history,
+            ..ApiServerConfig::default()
+        })
+        .await
+        .context("lab API server starts")?;
+        let kubeconfig = dir.path().join("kubeconfig");
+        lab.write_kubeconfig(&kubeconfig)
+            .context("lab kubeconfig written")?;
+        Ok(Rig {
+            lab,
+            dir,
+            kubeconfig,
+        })
+    }
+
+    /// Plans and creates `pods` pods (and their namespaces).
+    async fn load(&self, pods: usize, phase: &str) -> Result<Fleet> {
+        eprintln!("scale[{phase}]: loading {pods} pods into the lab…");
+        let started = Instant::now();
+        let fleet = Fleet::plan(pods);
+        for namespace in &NAMESPACE_NAMES[..fleet.namespace_count()] {
+            self.lab
+                .store()
+                .create(&NAMESPACES, "", json!({"metadata": {"name": namespace}}))
+                .with_context(|| format!("namespace {namespace} created"))?;
+        }
+        let store = self.lab.store().clone();
+        let mut fleet = tokio::task::spawn_blocking(move || fleet.load(&store))
+            .await
+            .context("loader thread")??;
+        fleet.load_time = started.elapsed();
+        println!(
+            "[{phase}] pods loaded: {} ({} containers, {} workloads in {} namespaces; JSON avg {:.1} KiB, min {:.1}, max {:.1}; lab load {:.1} s)",
+            fleet.pods.len(),
+            fleet.container_count(),
+            fleet.workloads,
+            fleet.namespace_count(),
+            fleet.json_bytes as f64 / fleet.pods.len() as f64 / 1024.0,
+            fleet.json_min as f64 / 1024.0,
+            fleet.json_max as f64 / 1024.0,
+            fleet.load_time.as_secs_f64()
+        );
+        Ok(fleet)
+    }
+
+    async fn shutdown(self) {
+        self.lab.shutdown().await;
+        drop(self.dir);
+    }
+}
+
+/// Streams `count` updates from a blocking thread; returns the fleet (and the event lines
+/// when `capture`).
+async fn stream(
+    fleet: Fleet,
+    store: &Arc<Store>,
+    count: usize,
+    capture: bool,
+) -> Result<(Fleet, Vec<Vec<u8>>)> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || fleet.stream_updates(&store, count, capture))
+        .await
+        .context("writer thread")?
+}
+
+/// A timed series of quiet `/metrics` requests.
+struct ScrapeTiming {
+    series: usize,
+    bytes: usize,
+    /// Milliseconds, in request order.
+    millis: Vec<f64>,
+    cpu_ms_each: f64,
+}
+
+impl ScrapeTiming {
+    fn sorted(&self) -> Vec<f64> {
+        let mut sorted = self.millis.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted
+    }
+
+    fn median(&self) -> f64 {
+        self.sorted()[self.millis.len() / 2]
+    }
+
+    fn max(&self) -> f64 {
+        self.sorted()[self.millis.len() - 1]
+    }
+
+    fn describe(&self) -> String {
+        let each: Vec<String> = self.millis.iter().map(|ms| format!("{ms:.0}")).collect();
+        format!(
+            "{} series, {:.1} MB: {} back-to-back GETs of /metrics took {} ms (median {:.0}), daemon CPU {:.0} ms each",
+            self.series,
+            self.bytes as f64 / 1e6,
+            self.millis.len(),
+            each.join(", "),
+            self.median(),
+            self.cpu_ms_each
+        )
+    }
+}
+
+/// `TIMED_SCRAPES` back-to-back GETs of /metrics on an idle daemon.
+async fn timed_scrapes(daemon: &Daemon, clk_tck: u64) -> Result<ScrapeTiming> {
+    let mut millis = Vec::new();
+    let mut series = 0;
+    let mut bytes = 0;
+    let cpu_before = daemon.cpu(clk_tck)?;
+    for _ in 0..TIMED_SCRAPES {
+        let started = Instant::now();
+        let (status, body) = daemon.get("/metrics").await?;
+        millis.push(started.elapsed().as_secs_f64() * 1000.0);
+        ensure!(status == 200, "/metrics answered {status}");
+        series = count_series(&body);
+        bytes = body.len();
+    }
+    let cpu_ms_each = (daemon.cpu(clk_tck)? - cpu_before) * 1000.0 / TIMED_SCRAPES as f64;
+    Ok(ScrapeTiming {
+        series,
+        bytes,
+        millis,
+        cpu_ms_each,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Phases sync10k / sync100k (+ scrape): memory and initial sync at scale.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FleetSize {
+    Small,
+    Large,
+}
+
+async fn fleet_phase(
+    settings: &Settings,
+    size: FleetSize,
+    clk_tck: u64,
+    goals: &mut Goals,
+) -> Result<()> {
+    let (phase, pods, goal_mib) = match size {
+        FleetSize::Small => ("sync10k", settings.small_pods, RSS_GOAL_SMALL_MIB),
+        FleetSize::Large => ("sync100k", settings.large_pods, RSS_GOAL_LARGE_MIB),
+    };
+    let scrape_goal = size == FleetSize::Large && settings.wants("scrape");
+    let rig = Rig::start(settings.history).await?;
+    let fleet = rig.load(pods, phase).await?;
+    let store = rig.lab.store().clone();
+
+    let daemon_started = Instant::now();
+    let mut daemon = Daemon::spawn(&rig.kubeconfig, rig.dir.path(), None)?;
+    eprintln!(
+        "scale[{phase}]: daemon started (pid {}); waiting for /readyz…",
+        daemon.pid
+    );
+    let sampler = RssSampler::start(daemon.pid);
+    daemon.wait_ready(settings.timeout).await?;
+    let sync_wall = daemon_started.elapsed();
+    let sync_cpu = daemon.cpu(clk_tck)?;
+    let sync_rss = read_status(daemon.pid)?.rss_bytes;
+    let sync_peak = sampler.peak().max(sync_rss);
+    let (_, baseline_body) = daemon.get("/metrics").await?;
+    let baseline = Exposition::parse(&baseline_body);
+    let applies_before = pod_applies(&baseline_body);
+    let observed = baseline.sum("selfheal_observed_containers", &[]);
+    let containers_ok = observed == fleet.container_count() as f64;
+    println!(
+        "[{phase}] initial sync of {pods} pods: {:.2} s wall, daemon CPU {:.2} s (utime+stime), RSS {:.1} MiB (peak {:.1} MiB); observed containers {} of {}{}; /metrics {} series",
+        sync_wall.as_secs_f64(),
+        sync_cpu,
+        mib(sync_rss),
+        mib(sync_peak),
+        observed,
+        fleet.container_count(),
+        mark(containers_ok),
+        baseline.samples.len()
+    );
+
+    // The updates: one OOMKill cycle per pod by default, in chunks when the scrape goal
+    // needs a pause at BENCH_SCRAPE_SERIES series.
+    let total = pods * settings.updates_per_pod;
+    eprintln!("scale[{phase}]: streaming {total} status updates…");
+    let cpu_before_updates = daemon.cpu(clk_tck)?;
+    let updates_started = Instant::now();
+    let mut prometheus = Prometheus::start(daemon.port, settings.scrape_every);
+    let mut periodic = ScrapeLog::default();
+    let mut fleet = fleet;
+    let mut written = 0;
+    let mut at_target: Option<(usize, ScrapeTiming, u64)> = None;
+    let mut paused = Duration::ZERO;
+    if scrape_goal {
+        let chunk = (pods / 20).clamp(1_000, 10_000);
+        let mut series = baseline.samples.len();
+        while series < settings.scrape_series && written < total {
+            let count = chunk.min(total - written);
+            (fleet, _) = stream(fleet, &store, count, false).await?;
+            written += count;
+            let body = daemon
+                .wait_applied(applies_before + written as f64, settings.timeout, clk_tck)
+                .await?;
+            series = count_series(&body);
+        }
+        if series >= settings.scrape_series {
+            let pause = Instant::now();
+            periodic.merge(prometheus.stop());
+            let timing = timed_scrapes(&daemon, clk_tck).await?;
+            let peak_so_far = sampler.peak().max(read_status(daemon.pid)?.hwm_bytes);
+            println!(
+                "[scrape] after {written} updates, idle daemon: {}; daemon RSS peak so far {:.1} MiB",
+                timing.describe(),
+                mib(peak_so_far)
+            );
+            at_target = Some((written, timing, peak_so_far));
+            prometheus = Prometheus::start(daemon.port, settings.scrape_every);
+            paused = pause.elapsed();
+        } else {
+            println!(
+                "[scrape] /metrics reached only {series} series after all {total} updates (target {})",
+                settings.scrape_series
+            );
+        }
+    }
+    let write_started = Instant::now();
+    (fleet, _) = stream(fleet, &store, total - written, false).await?;
+    let write_rest = write_started.elapsed();
+    eprintln!("scale[{phase}]: all updates written; waiting for the daemon to apply them…");
+    let last_body = daemon
+        .wait_applied(applies_before + total as f64, settings.timeout, clk_tck)
+        .await?;
+    let end_to_end = updates_started.elapsed() - paused;
+    periodic.merge(prometheus.stop());
+    let update_cpu = daemon.cpu(clk_tck)? - cpu_before_updates;
+    let final_timing = timed_scrapes(&daemon, clk_tck).await?;
+    let status = read_status(daemon.pid)?;
+    let peak = sampler.peak().max(status.rss_bytes);
+    sampler.stop();
+    let worst = peak.max(status.hwm_bytes);
+
+    let last = Exposition::parse(&last_body);
+    let applies = pod_applies(&last_body) - applies_before;
+    let oom_exported = last.sum("selfheal_container_oom_kills_total", &[]);
+    let restarts_exported = last.sum("selfheal_container_restarts_total", &[]);
+    let oom_ok = oom_exported == fleet.injected.oom_kills as f64;
+    let restarts_ok = restarts_exported == fleet.injected.restarts as f64;
+    let applies_ok = applies == total as f64;
+    println!(
+        "[{phase}] updates: {total} in {:.1} s → {:.0} events/s end-to-end (writer-bound: the last {} writes took {:.1} s → {:.0} writes/s); daemon CPU {:.2} s → {:.3} CPU-s per 10,000 events (incl. {} periodic scrapes and the catch-up polls)",
+        end_to_end.as_secs_f64(),
+        total as f64 / end_to_end.as_secs_f64().max(1e-9),
+        total - written,
+        write_rest.as_secs_f64(),
+        (total - written) as f64 / write_rest.as_secs_f64().max(1e-9),
+        update_cpu,
+        update_cpu * 10_000.0 / total.max(1) as f64,
+        periodic.count
+    );
+    println!(
+        "[{phase}] correctness: oom_kills injected {} / exported {}{}; restarts injected {} / exported {}{}; watch applies {} / {}{}",
+        fleet.injected.oom_kills,
+        oom_exported,
+        mark(oom_ok),
+        fleet.injected.restarts,
+        restarts_exported,
+        mark(restarts_ok),
+        applies,
+        total,
+        mark(applies_ok)
+    );
+    print_watch_health(phase, &last);
+    if periodic.count > 0 {
+        println!(
+            "[{phase}] periodic scrapes during the updates: {}, slowest {:.0} ms at {} series",
+            periodic.count, periodic.slowest_ms, periodic.slowest_series
+        );
+    }
+    println!(
+        "[{phase}] /metrics at the end, idle daemon: {}; largest families: {}",
+        final_timing.describe(),
+        last.largest_families(5)
+    );
+    println!(
+        "[{phase}] daemon RSS: peak {:.1} MiB (sampled every 100 ms; VmHWM {:.1} MiB), after {:.1} MiB   [goal < {goal_mib} MiB at {pods} pods]",
+        mib(peak),
+        mib(status.hwm_bytes),
+        mib(status.rss_bytes)
+    );
+    if let Ok(bench) = read_status(std::process::id()) {
+        println!(
+            "[{phase}] bench process (lab + writer): RSS {:.0} MiB (BENCH_HISTORY={})",
+            mib(bench.rss_bytes),
+            settings.history
+        );
+    }
+
+    let rss_met = mib(worst) <= goal_mib;
+    let early = match &at_target {
+        Some((after, timing, peak)) => format!(
+            "; {:.1} MiB through sync + {after} updates + scrapes at {} series",
+            mib(*peak),
+            timing.series
+        ),
+        None => String::new(),
+    };
+    goals.add(
+        &format!("1. peak RSS at {pods} pods"),
+        &format!("≤ {goal_mib} MiB"),
+        format!(
+            "{:.1} MiB through sync (peak {:.1}), {total} updates (an OOMKill cycle per pod) and scrapes at up to {} series{early}",
+            mib(worst),
+            mib(sync_peak),
+            final_timing.series
+        ),
+        Some(rss_met),
+    );
+    if size == FleetSize::Large {
+        goals.add(
+            &format!("2. initial sync of {pods} pods"),
+            &format!("< {SYNC_CPU_GOAL_SECS} s daemon CPU"),
+            format!(
+                "{sync_cpu:.2} s CPU ({:.2} s wall)",
+                sync_wall.as_secs_f64()
+            ),
+            Some(sync_cpu < SYNC_CPU_GOAL_SECS),
+        );
+    }
+    if scrape_goal {
+        match &at_target {
+            Some((after, timing, _)) => goals.add(
+                "4. /metrics with ≥ 100,000 series",
+                &format!("< {SCRAPE_GOAL_MS} ms"),
+                format!(
+                    "{:.0} ms median of {TIMED_SCRAPES} (max {:.0}) at {} series, {:.1} MB ({pods} pods, after {after} updates); {:.0} ms at {} series at the end",
+                    timing.median(),
+                    timing.max(),
+                    timing.series,
+                    timing.bytes as f64 / 1e6,
+                    final_timing.median(),
+                    final_timing.series
+                ),
+                (timing.series >= SCRAPE_GOAL_SERIES).then_some(timing.median() < SCRAPE_GOAL_MS),
+            ),
+            None => goals.add(
+                "4. /metrics with ≥ 100,000 series",
+                &format!("< {SCRAPE_GOAL_MS} ms"),
+                format!(
+                    "{:.0} ms at only {} series",
+                    final_timing.median(),
+                    final_timing.series
+                ),
+                None,
+            ),
+        }
+    }
+    goals.correct &= oom_ok && restarts_ok && applies_ok && containers_ok;
+    daemon.terminate();
+    drop(daemon);
+    rig.shutdown().await;
+    Ok(())
+}
+
+/// Relists, watch errors and input anomalies: all should be zero/one in a clean run.
+fn print_watch_health(phase: &str, scrape: &Exposition) {
+    let inits = scrape.sum(APPLY_COUNTER, &[("resource", "pods"), ("type", "init")]);
+    let errors = scrape.sum("selfheal_watch_errors_total", &[]);
+    let anomalies = scrape.sum("selfheal_input_anomalies_total", &[]);
+    let dropped = scrape.sum("selfheal_series_dropped_total", &[]);
+    println!(
+        "[{phase}] watch health: pod lists {inits}, watch errors {errors}, input anomalies {anomalies}, series dropped {dropped}"
+    );
+    if inits > 1.0 {
+        println!(
+            "[{phase}]   the daemon relisted (it fell behind the lab's history or its watch failed): \
+             list items are not `apply` events, so the counts above are off"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase drain: the daemon's own event throughput vs serde_json alone.
+// ---------------------------------------------------------------------------------------
+
+/// What the daemon decodes each watch line into, as in the issue: the slim pod inside a
+/// minimal watch event.
+#[derive(Deserialize)]
+struct WatchEvent {
+    r#type: String,
+    object: SlimPod,
+}
+
+async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Result<()> {
+    let phase = "drain";
+    let pods = settings.drain_pods;
+    let updates = settings.drain_updates;
+    // The watch resumes from where it was frozen: every change since must stay in the
+    // history (old rounds are evicted once the daemon has read them).
+    let rig = Rig::start(pods + updates + 10_000).await?;
+    let fleet = rig.load(pods, phase).await?;
+    let store = rig.lab.store().clone();
+    // The daemon talks to the lab through a buffering proxy (see `Proxy`).
+    let proxy = Proxy::start(rig.lab.addr().port()).await?;
+    let kubeconfig = rig.dir.path().join("kubeconfig-proxy");
+    selfheal_lab::apiserver::kubeconfig::write(
+        &format!("http://127.0.0.1:{}", proxy.port),
+        &kubeconfig,
+    )
+    .context("proxy kubeconfig written")?;
+    let mut daemon = Daemon::spawn(&kubeconfig, rig.dir.path(), None)?;
+    eprintln!(
+        "scale[{phase}]: daemon started (pid {}), talking to the lab through a buffering proxy",
+        daemon.pid
+    );
+    daemon.wait_ready(settings.timeout).await?;
+    let applies_synced = pod_applies(&daemon.get("/metrics").await?.1);
+
+    // Warm-up: one update per pod, so the drain is steady-state work.
+    eprintln!("scale[{phase}]: warm-up: {pods} updates with the daemon running…");
+    let (fleet, _) = stream(fleet, &store, pods, false).await?;
+    let mut target = applies_synced + pods as f64;
+    daemon
+        .wait_applied(target, settings.timeout, clk_tck)
+        .await?;
+
+    // Round 1, the daemon's own capacity: frozen daemon, N updates written, the lab's
+    // watch encodes them all into the proxy's buffer; then SIGCONT.
+    daemon.signal("STOP")?;
+    daemon.wait_state('T', Duration::from_secs(5)).await?;
+    eprintln!(
+        "scale[{phase}]: daemon (pid {}) frozen (SIGSTOP); writing {updates} updates into the lab…",
+        daemon.pid
+    );
+    let received_before = proxy.received();
+    let write_started = Instant::now();
+    let (fleet, lines) = stream(fleet, &store, updates, true).await?;
+    let write_time = write_started.elapsed();
+    let line_bytes: usize = lines.iter().map(Vec::len).sum();
+    let buffered = proxy
+        .wait_buffered(received_before, line_bytes as u64, settings.timeout)
+        .await?;
+    target += updates as f64;
+    eprintln!(
+        "scale[{phase}]: the proxy holds {:.1} MB of watch stream; SIGCONT, measuring the drain…",
+        buffered as f64 / 1e6
+    );
+    let own = measure_drain(&daemon, target, settings.timeout, clk_tck).await?;
+
+    // Round 2, fed by the lab's watch encoder as in production: the proxy stops reading
+    // (so the lab's watch blocks as on a direct connection), N more updates, then the
+    // proxy and the daemon are released together.
+    daemon.signal("STOP")?;
+    daemon.wait_state('T', Duration::from_secs(5)).await?;
+    proxy.hold(true);
+    eprintln!("scale[{phase}]: round 2 (lab-fed): writing {updates} updates…");
+    let (fleet, _) = stream(fleet, &store, updates, false).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    target += updates as f64;
+    proxy.hold(false);
+    let fed = measure_drain(&daemon, target, settings.timeout, clk_tck).await?;
+
+    let e2e_rate = updates as f64 / own.wall;
+    let cpu_rate = updates as f64 / own.cpu.max(1e-3);
+    let fed_rate = updates as f64 / fed.wall;
+
+    // Correctness of the whole phase.
+    let body = &fed.body;
+    let last = Exposition::parse(body);
+    let oom_exported = last.sum("selfheal_container_oom_kills_total", &[]);
+    let restarts_exported = last.sum("selfheal_container_restarts_total", &[]);
+    let oom_ok = oom_exported == fleet.injected.oom_kills as f64;
+    let restarts_ok = restarts_exported == fleet.injected.restarts as f64;
+    let inits = last.sum(APPLY_COUNTER, &[("resource", "pods"), ("type", "init")]);
+    let applies_ok = pod_applies(body) == target && inits == 1.0;
+
+    // serde_json alone, on one thread, the daemon and the lab idle.
+    eprintln!("scale[{phase}]: decoding the same {updates} lines with serde_json alone…");
+    let lines = Arc::new(lines);
+    let decode = {
+        let lines = lines.clone();
+        tokio::task::spawn_blocking(move || decode_baseline(&lines))
+            .await
+            .context("decoder thread")??
+    };
+    let encode = {
+        let sample: Vec<Value> = fleet
+            .pods
+            .iter()
+            .take(2_000)
+            .filter_map(|pod| store.get(&PODS, pod.namespace, &pod.name).ok())
+            .collect();
+        tokio::task::spawn_blocking(move || encode_baseline(&sample))
+            .await
+            .context("encoder thread")?
+    };
+    let ratio = e2e_rate / decode.wall_rate;
+
+    println!(
+        "[{phase}] round 1: {updates} status updates written into the lab while the daemon was frozen (SIGSTOP): {:.1} s ({:.0} writes/s); watch event lines avg {:.2} KiB; the lab's watch then encoded them into the proxy's buffer ({:.1} MB incl. chunk framing)",
+        write_time.as_secs_f64(),
+        updates as f64 / write_time.as_secs_f64(),
+        line_bytes as f64 / updates as f64 / 1024.0,
+        buffered as f64 / 1e6
+    );
+    println!(
+        "[{phase}] round 1: after SIGCONT the daemon applied them in {:.2} s → {e2e_rate:.0} events/s end-to-end ({:.0} MB/s of watch JSON); daemon CPU {:.2} s ({:.2} cores) → {cpu_rate:.0} events per daemon CPU-second; bench process (proxy) CPU {:.2} s; {} confirming scrape(s)",
+        own.wall,
+        line_bytes as f64 / own.wall / 1e6,
+        own.cpu,
+        own.cpu / own.wall,
+        own.bench_cpu,
+        own.confirmations
+    );
+    println!(
+        "[{phase}] round 2 (lab-fed, as without the proxy): {updates} events in {:.2} s → {fed_rate:.0} events/s; daemon CPU {:.2} s ({:.2} cores); bench process (the lab's watch encoding + proxy) CPU {:.2} s ({:.2} cores)",
+        fed.wall,
+        fed.cpu,
+        fed.cpu / fed.wall,
+        fed.bench_cpu,
+        fed.bench_cpu / fed.wall
+    );
+    println!(
+        "[{phase}] serde_json alone, one thread, the same {updates} lines into WatchEvent{{type, object: SlimPod}}: best of 3 passes {:.2} s → {:.0} events/s ({:.0} MB/s; thread CPU {:.2} s → {:.0} events per CPU-second)",
+        decode.wall_secs,
+        decode.wall_rate,
+        line_bytes as f64 / decode.wall_secs / 1e6,
+        decode.cpu_secs,
+        decode.cpu_rate
+    );
+    println!(
+        "[{phase}] for reference, the lab's watch encoder (serde_json::to_writer of the stored Value, one thread): {encode:.0} events/s"
+    );
+    println!(
+        "[{phase}] end-to-end (round 1) / serde alone = {ratio:.2} (goal ≥ {THROUGHPUT_GOAL_RATIO:.2}); per CPU-second {:.2}; lab-fed (round 2) / serde alone = {:.2}",
+        cpu_rate / decode.cpu_rate,
+        fed_rate / decode.wall_rate
+    );
+    println!(
+        "[{phase}] correctness: oom_kills injected {} exported {oom_exported}{}; restarts injected {} exported {restarts_exported}{}; applies {} of {}, pod lists {inits}{}",
+        fleet.injected.oom_kills,
+        mark(oom_ok),
+        fleet.injected.restarts,
+        mark(restarts_ok),
+        pod_applies(body) - applies_synced,
+        pods + 2 * updates,
+        mark(applies_ok)
+    );
+    print_watch_health(phase, &last);
+
+    goals.add(
+        "3. end-to-end throughput vs serde_json alone",
+        "≥ 0.67 × serde",
+        format!(
+            "{e2e_rate:.0} vs {:.0} events/s → ratio {ratio:.2} (per CPU-s: {cpu_rate:.0} vs {:.0} → {:.2}; lab-fed {fed_rate:.0}/s → {:.2}); {pods} pods, {updates} events",
+            decode.wall_rate,
+            decode.cpu_rate,
+            cpu_rate / decode.cpu_rate,
+            fed_rate / decode.wall_rate
+        ),
+        Some(ratio >= THROUGHPUT_GOAL_RATIO),
+    );
+    goals.correct &= oom_ok && restarts_ok && applies_ok;
+    daemon.terminate();
+    drop(daemon);
+    drop(lines);
+    drop(proxy);
+    rig.shutdown().await;
+    Ok(())
+}
+
+struct Drain {
+    /// From SIGCONT to the daemon's last CPU tick, seconds.
+    wall: f64,
+    /// Daemon CPU seconds in that time.
+    cpu: f64,
+    /// The bench process's CPU seconds in that time (lab + proxy).
+    bench_cpu: f64,
+    confirmations: u32,
+    /// The /metrics body that confirmed the drain.
+    body: String,
+}
+
+/// SIGCONTs the frozen daemon and times how long it takes to count `target` applies:
+/// its CPU time is read every 5 ms, the drain ends at its last increase, confirmed by a
+/// scrape once it has been idle for 300 ms (so the polling does not slow the drain).
+async fn measure_drain(
+    daemon: &Daemon,
+    target: f64,
+    timeout: Duration,
+    clk_tck: u64,
+) -> Result<Drain> {
+    let bench_pid = std::process::id();
+    let cpu_start = daemon.cpu(clk_tck)?;
+    let bench_cpu_start = cpu_seconds(bench_pid, clk_tck)?;
+    let started = Instant::now();
+    daemon.signal("CONT")?;
+    let deadline = started + timeout;
+    let mut last_cpu = cpu_start;
+    let mut last_change = started;
+    let mut bench_cpu_at_end = bench_cpu_start;
+    let mut confirmations = 0u32;
+    let body = loop {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let cpu = daemon.cpu(clk_tck)?;
+        let now = Instant::now();
+        if cpu > last_cpu {
+            last_cpu = cpu;
+            last_change = now;
+            bench_cpu_at_end = cpu_seconds(bench_pid, clk_tck)?;
+            continue;
+        }
+        if now.duration_since(last_change) >= Duration::from_millis(300) {
+            // Idle: done, or waiting for the lab. One scrape tells.
+            let (_, body) = daemon.get("/metrics").await?;
+            confirmations += 1;
+            if pod_applies(&body) >= target {
+                break body;
+            }
+            // Not done: the scrape's CPU is not drain progress.
+            last_cpu = daemon.cpu(clk_tck)?;
+        }
+        ensure!(
+            now < deadline,
+            "the daemon did not drain the events within {} s",
+            timeout.as_secs()
+        );
+    };
+    Ok(Drain {
+        wall: last_change.duration_since(started).as_secs_f64().max(1e-3),
+        cpu: last_cpu - cpu_start,
+        bench_cpu: bench_cpu_at_end - bench_cpu_start,
+        confirmations,
+        body,
+    })
+}
+
+/// A TCP proxy between the daemon and the lab that buffers, without limit, everything the
+/// lab sends. With the daemon frozen by SIGSTOP, the lab's watch task encodes every
+/// pending event into this buffer instead of blocking on a full socket, so after SIGCONT
+/// the daemon reads the stream at memory speed: the drain measures the daemon alone,
+/// not the lab's single-threaded watch encoder. `hold(true)` stops reading from the lab
+/// (the lab's watch then blocks, as on a direct connection).
+struct Proxy {
+    port: u16,
+    /// Bytes read from the lab so far.
+    received: Arc<AtomicU64>,
+    hold: tokio::sync::watch::Sender<bool>,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: u16) -> Result<Proxy> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("proxy listens")?;
+        let port = listener.local_addr()?.port();
+        let received = Arc::new(AtomicU64::new(0));
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let accept = {
+            let received = received.clone();
+            let tasks = tasks.clone();
+            tokio::spawn(async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let handles = Proxy::pipe(client, server, received.clone(), held.clone());
+                    tasks
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(handles);
+                }
+            })
+        };
+        tasks.lock().unwrap_or_else(|e| e.into_inner()).push(accept);
+        Ok(Proxy {
+            port,
+            received,
+            hold,
+            tasks,
+        })
+    }
+
+    fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        received: Arc<AtomicU64>,
+        mut held: tokio::sync::watch::Receiver<bool>,
+    ) -> [tokio::task::JoinHandle<()>; 3] {
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let requests = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            let _ = server_write.shutdown().await;
+        });
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let reader = tokio::spawn(async move {
+            loop {
+                while *held.borrow_and_update() {
+                    if held.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let mut buf = vec![0u8; 256 * 1024];
+                match server_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                        if tx.send(buf).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some(buf) = rx.recv().await {
+                if client_write.write_all(&buf).await.is_err() {
+                    return;
+                }
+            }
+            let _ = client_write.shutdown().await;
+        });
+        [requests, reader, writer]
+    }
+
+    fn hold(&self, hold: bool) {
+        self.hold.send_replace(hold);
+    }
+
+    /// Bytes received from the lab so far.
+    fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `bytes` more than `mark` have been received from the lab and
+    /// no more arrive for 300 ms; returns how many.
+    async fn wait_buffered(&self, mark: u64, bytes: u64, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = 0;
+        let mut since = Instant::now();
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = self.received() - mark;
+            if now != last {
+                last = now;
+                since = Instant::now();
+            } else if now >= bytes && since.elapsed() >= Duration::from_millis(300) {
+                return Ok(now);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the proxy buffered only {now} of {bytes} bytes"
+            );
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+struct DecodeRate {
+    wall_secs: f64,
+    wall_rate: f64,
+    cpu_secs: f64,
+    cpu_rate: f64,
+}
+
+/// Decodes every line into [`WatchEvent`] on this thread; best of three passes.
+fn decode_baseline(lines: &[Vec<u8>]) -> Result<DecodeRate> {
+    let clk_tck = clock_ticks_per_second()?;
+    let mut best: Option<DecodeRate> = None;
+    for _ in 0..3 {
+        let cpu_before = thread_cpu_seconds(clk_tck)?;
+        let started = Instant::now();
+        let mut modified = 0usize;
+        for line in lines {
+            let event: WatchEvent = serde_json::from_slice(line).context("a watch line decodes")?;
+            modified += usize::from(event.r#type == "MODIFIED");
+            std::hint::black_box(&event.object);
+        }
+        let wall = started.elapsed().as_secs_f64().max(1e-9);
+        let cpu = (thread_cpu_seconds(clk_tck)? - cpu_before).max(1e-3);
+        ensure!(modified == lines.len(), "every line is a MODIFIED event");
+        let pass = DecodeRate {
+            wall_secs: wall,
+            wall_rate: lines.len() as f64 / wall,
+            cpu_secs: cpu,
+            cpu_rate: lines.len() as f64 / cpu,
+        };
+        if best.as_ref().is_none_or(|b| pass.wall_rate > b.wall_rate) {
+            best = Some(pass);
+        }
+    }
+    best.context("no pass")
+}
+
+/// Events/s at which one thread frames objects as the lab's watch does; best of three.
+fn encode_baseline(objects: &[Value]) -> f64 {
+    let mut best = 0.0f64;
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for _ in 0..3 {
+        let started = Instant::now();
+        for object in objects {
+            buf.clear();
+            buf.extend_from_slice(b"{\"type\":\"MODIFIED\",\"object\":");
+            let _ = serde_json::to_writer(&mut buf, object);
+            buf.extend_from_slice(b"}\n");
+            std::hint::black_box(&buf);
+        }
+        best = best.max(objects.len() as f64 / started.elapsed().as_secs_f64().max(1e-9));
+    }
+    best
+}
+
+// ---------------------------------------------------------------------------------------
+// Phase churn: memory under pod churn.
+// ---------------------------------------------------------------------------------------
+
+struct ChurnRow {
+    secs: f64,
+    rss: u64,
+    series: Option<usize>,
+    lab_pods: usize,
+}
+
+#[derive(Default)]
+struct ChurnStats {
+    replaced: usize,
+    new_workloads: usize,
+    crashed: usize,
+}
+
+async fn churn_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Result<()> {
+    let phase = "churn";
+    let rig = Rig::start(settings.history).await?;
+    let fleet = rig.load(settings.churn_pods, phase).await?;
+    let store = rig.lab.store().clone();
+    let config = rig.dir.path().join("selfheal.toml");
+    std::fs::write(
+        &config,
+        format!("[metrics]\nretention = \"{}\"\n", settings.churn_retention),
+    )
+    .context("daemon config file")?;
+    let mut daemon = Daemon::spawn(&rig.kubeconfig, rig.dir.path(), Some(&config))?;
+    eprintln!("scale[{phase}]: daemon started (pid {})", daemon.pid);
+    daemon.wait_ready(settings.timeout).await?;
+    let pid = daemon.pid;
+    println!(
+        "[{phase}] daemon config: [metrics] retention = \"{}\" (built-in default 1h), so deleted bare pods' workload series expire within the run",
+        settings.churn_retention
+    );
+    // Warm-up: every pod through one OOMKill cycle, so that every workload already has
+    // its full set of series and growth during the churn is the churn's.
+    let applies_synced = pod_applies(&daemon.get("/metrics").await?.1);
+    let warm_up_updates = fleet.pods.len() * settings.updates_per_pod;
+    eprintln!("scale[{phase}]: warm-up: {warm_up_updates} updates…");
+    let (fleet, _) = stream(fleet, &store, warm_up_updates, false).await?;
+    let warm_body = daemon
+        .wait_applied(
+            applies_synced + warm_up_updates as f64,
+            settings.timeout,
+            clk_tck,
+        )
+        .await?;
+    let applies_synced = pod_applies(&warm_body);
+    println!(
+        "[{phase}] warm-up: {warm_up_updates} status updates (one OOMKill cycle per pod): /metrics {} series, daemon RSS {:.1} MiB",
+        count_series(&warm_body),
+        mib(read_status(pid)?.rss_bytes)
+    );
+
+    let duration = Duration::from_secs(settings.churn_secs);
+    let per_second = settings.churn_per_min as f64 / 60.0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pods_now = Arc::new(AtomicU64::new(fleet.pods.len() as u64));
+    let writer = {
+        let store = store.clone();
+        let stop = stop.clone();
+        let pods_now = pods_now.clone();
+        tokio::task::spawn_blocking(move || {
+            churn_writer(fleet, &store, per_second, duration, &stop, &pods_now)
+        })
+    };
+    eprintln!(
+        "scale[{phase}]: churning {} pods a minute for {} s; RSS every {} s…",
+        settings.churn_per_min,
+        settings.churn_secs,
+        settings.churn_sample.as_secs()
+    );
+    let scrape_every = settings
+        .scrape_every
+        .unwrap_or(Duration::from_secs(15))
+        .max(settings.churn_sample);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let mut next_sample = started;
+    let mut next_scrape = started;
+    let writer_result = loop {
+        let now = Instant::now();
+        let scrape = now >= next_scrape;
+        let series = if scrape {
+            next_scrape += scrape_every;
+            let (_, body) = daemon.get("/metrics").await?;
+            Some(count_series(&body))
+        } else {
+            None
+        };
+        rows.push(ChurnRow {
+            secs: now.duration_since(started).as_secs_f64(),
+            rss: read_status(pid)?.rss_bytes,
+            series,
+            lab_pods: pods_now.load(Ordering::Relaxed) as usize,
+        });
+        if writer.is_finished() || started.elapsed() >= duration + Duration::from_millis(50) {
+            stop.store(true, Ordering::SeqCst);
+            break writer.await.context("churn writer thread")?;
+        }
+        next_sample += settings.churn_sample;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next_sample)).await;
+    };
+    let (fleet, stats) = writer_result?;
+    let churn_wall = started.elapsed();
+    let churn_time = churn_wall.min(duration).as_secs_f64().max(1e-3);
+
+    // Let the daemon catch up; its container count must match the lab's.
+    let deadline = Instant::now() + settings.timeout;
+    let (final_body, observed) = loop {
+        daemon
+            .wait_idle(Duration::from_millis(300), Duration::from_secs(5), clk_tck)
+            .await?;
+        let (_, body) = daemon.get("/metrics").await?;
+        let observed = Exposition::parse(&body).sum("selfheal_observed_containers", &[]);
+        if observed == fleet.container_count() as f64 || Instant::now() > deadline {
+            break (body, observed);
+        }
+    };
+    let containers_ok = observed == fleet.container_count() as f64;
+    let last = Exposition::parse(&final_body);
+    let applies = pod_applies(&final_body) - applies_synced;
+    let status = read_status(pid)?;
+
+    println!(
+        "[{phase}] {} pods replaced (deleted + created) in {:.0} s = {:.0}/min; {} of them bare pods (new workloads), {} went through an OOMKill cycle; daemon applied {} watch events",
+        stats.replaced,
+        churn_time,
+        stats.replaced as f64 * 60.0 / churn_time,
+        stats.new_workloads,
+        stats.crashed,
+        applies
+    );
+    println!("[{phase}] daemon RSS curve (t = seconds since churn start):");
+    println!("    t(s)   RSS(MiB)   series   lab pods");
+    for row in &rows {
+        println!(
+            "  {:>6.0}   {:>8.1}   {:>6}   {:>8}",
+            row.secs,
+            mib(row.rss),
+            row.series.map_or_else(|| "".to_owned(), |n| n.to_string()),
+            row.lab_pods
+        );
+    }
+    let retention = parse_duration(&settings.churn_retention).unwrap_or(Duration::ZERO);
+    let warm_up = (churn_wall.as_secs_f64() * 0.4).max(retention.as_secs_f64() * 4.0);
+    let steady: Vec<&ChurnRow> = rows.iter().filter(|row| row.secs >= warm_up).collect();
+    let flat = if steady.len() >= 4 {
+        let xs: Vec<f64> = steady.iter().map(|row| row.secs / 60.0).collect();
+        let ys: Vec<f64> = steady.iter().map(|row| mib(row.rss)).collect();
+        let slope = slope(&xs, &ys); // MiB per minute
+        let window_min = xs[xs.len() - 1] - xs[0];
+        let head = ys[..3].iter().sum::<f64>() / 3.0;
+        let tail = ys[ys.len() - 3..].iter().sum::<f64>() / 3.0;
+        let (low, high) = ys
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(*y), hi.max(*y)));
+        let allowance = (head * 0.03).max(1.0);
+        let churned_per_min = stats.replaced as f64 * 60.0 / churn_time;
+        let per_thousand_kib = if churned_per_min > 0.0 {
+            slope * 1024.0 * 1000.0 / churned_per_min
+        } else {
+            0.0
+        };
+        let met = tail - head <= allowance && slope * window_min <= allowance;
+        println!(
+            "[{phase}] after the {warm_up:.0} s warm-up: RSS {low:.1}–{high:.1} MiB, first three samples {head:.1} MiB, last three {tail:.1} MiB; trend {slope:+.2} MiB/min ({per_thousand_kib:+.0} KiB per 1,000 pods churned) → {}",
+            if met { "flat" } else { "GROWING" }
+        );
+        Some((met, head, tail, slope, low, high))
+    } else {
+        println!("[{phase}] too few samples after the warm-up to judge the curve");
+        None
+    };
+    println!(
+        "[{phase}] end: daemon RSS {:.1} MiB (VmHWM {:.1} MiB); observed containers {} of {}{}; /metrics {} series",
+        mib(status.rss_bytes),
+        mib(status.hwm_bytes),
+        observed,
+        fleet.container_count(),
+        mark(containers_ok),
+        count_series(&final_body)
+    );
+    print_watch_health(phase, &last);
+    goals.add(
+        &format!(
+            "5. RSS flat under churn ({} pods/min on {} pods, {} s, retention {})",
+            settings.churn_per_min, settings.churn_pods, settings.churn_secs, settings.churn_retention
+        ),
+        "flat after warm-up (Δ ≤ max(1 MiB, 3 %))",
+        match flat {
+            Some((_, head, tail, slope, low, high)) => format!(
+                "{head:.1} → {tail:.1} MiB after {warm_up:.0} s warm-up (range {low:.1}–{high:.1}, trend {slope:+.2} MiB/min); HWM {:.1} MiB",
+                mib(status.hwm_bytes)
+            ),
+            None => "too few samples".to_owned(),
+        },
+        flat.map(|(met, ..)| met),
+    );
+    goals.correct &= containers_ok;
+    daemon.terminate();
+    drop(daemon);
+    rig.shutdown().await;
+    Ok(())
+}
+
+/// Least-squares slope of `ys` over `xs`.
+fn slope(xs: &[f64], ys: &[f64]) -> f64 {
+    let n = xs.len() as f64;
+    let mx = xs.iter().sum::<f64>() / n;
+    let my = ys.iter().sum::<f64>() / n;
+    let (num, den) = xs.iter().zip(ys).fold((0.0, 0.0), |(num, den), (x, y)| {
+        (num + (x - mx) * (y - my), den + (x - mx) * (x - mx))
+    });
+    if den > 0.0 { num / den } else { 0.0 }
+}
+
+/// `30s`, `2m`, `1h` (what BENCH_CHURN_RETENTION usually holds).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+/// Replaces pods at `per_second` for `duration` (or until `stop`).
+fn churn_writer(
+    mut fleet: Fleet,
+    store: &Store,
+    per_second: f64,
+    duration: Duration,
+    stop: &AtomicBool,
+    pods_now: &AtomicU64,
+) -> Result<(Fleet, ChurnStats)> {
+    let started = Instant::now();
+    let mut stats = ChurnStats::default();
+    while !stop.load(Ordering::Relaxed) && !STOP.load(Ordering::Relaxed) {
+        let elapsed = started.elapsed();
+        if elapsed >= duration {
+            break;
+        }
+        let due = (elapsed.as_secs_f64() * per_second) as usize;
+        while stats.replaced < due {
+            let crash = stats.replaced % 4 == 3;
+            let bare = fleet.replace_random(store, stats.replaced as u64, crash)?;
+            stats.replaced += 1;
+            stats.new_workloads += usize::from(bare);
+            stats.crashed += usize::from(crash);
+        }
+        pods_now.store(fleet.pods.len() as u64, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((fleet, stats))
+}
+// ---------------------------------------------------------------------------------------
+// The simulated cluster: pods as a kubelet would report them.
+// ---------------------------------------------------------------------------------------
+
+/// Where a pod's dying container is in its restart cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Running and ready (the state every pod is loaded in).
+    Ready,
+    /// Terminated: OOMKilled, exit code 137.
+    Terminated,
+    /// Waiting in CrashLoopBackOff, the death in lastState.
+    BackOff,
+    /// Restarted (restartCount + 1), running but not ready yet.
+    Starting,
+}
+
+struct SimContainer {
+    name: String,
+    image: String,
+    image_id: String,
+    container_id: String,
+}
+
+struct SimPod {
+    namespace: &'static str,
+    name: String,
+    uid: String,
+    /// What a replacement of this pod is created from (churn).
+    app: &'static str,
+    workload: usize,
+    owner: Owner,
+    containers: Vec<SimContainer>,
+    /// The container that dies over and over.
+    victim: usize,
+    stage: Stage,
+    restarts: u32,
+    instance: u64,
+    started_at: String,
+    /// When the pod's readiness last changed.
+    ready_since: String,
+    pod_started: String,
+    host_ip: String,
+    pod_ip: String,
+    /// The `terminated` state shown while in [`Stage::Terminated`].
+    dying: Option<Value>,
+    /// The most recent death, shown as `lastState`.
+    last_death: Option<Value>,
+}
+
+/// What the writer injected (what the daemon must export).
+#[derive(Debug, Default, Clone, Copy)]
+struct Injected {
+    oom_kills: u64,
+    restarts: u64,
+}
+
+struct Fleet {
+    pods: Vec<SimPod>,
+    /// The pod objects to create (taken by [`Fleet::load`]).
+    objects: Vec<Value>,
+    workloads: usize,
+    /// Total size of the `last-applied-configuration` annotations.
+    annotation_bytes: usize,
+    /// Seed of the next pod planned (pods are never renumbered, so names stay unique).
+    next_index: u64,
+    /// Updates written so far (where [`Fleet::stream_updates`] continues).
+    updates: usize,
+    /// What the writer injected so far.
+    injected: Injected,
+    /// JSON size of the created pods: total, smallest, largest.
+    json_bytes: usize,
+    json_min: usize,
+    json_max: usize,
+    load_time: Duration,
+}
+
+/// A deterministic 64-bit mix (splitmix64), for reproducible names, IPs and IDs.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn suffix(seed: u64, len: usize) -> String {
+    let mut x = mix(seed);
+    (0..len)
+        .map(|_| {
+            let c = SUFFIX_ALPHABET[(x % SUFFIX_ALPHABET.len() as u64) as usize];
+            x /= SUFFIX_ALPHABET.len() as u64;
+            if x == 0 {
+                x = mix(seed ^ 0xa5a5);
+            }
+            char::from(c)
+        })
+        .collect()
+}
+
+fn hex64(seed: u64) -> String {
+    format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        mix(seed),
+        mix(seed ^ 1),
+        mix(seed ^ 2),
+        mix(seed ^ 3)
+    )
+}
+
+fn ip(seed: u64, prefix: &str) -> String {
+    let x = mix(seed);
+    format!("{prefix}.{}.{}", (x >> 8) % 250 + 1, x % 250 + 2)
+}
+
+/// Whole-second RFC 3339, as the kubelet writes timestamps.
+fn rfc3339(at: Timestamp) -> String {
+    Timestamp::from_second(at.as_second())
+        .expect("whole seconds of a valid timestamp are valid")
+        .to_string()
+}
+
+/// The kind of workload a pod belongs to.
+#[derive(Clone)]
+enum Owner {
+    Deployment { name: String, hash: String },
+    StatefulSet { name: String, ordinal: usize },
+    Bare,
+}
+
+impl Fleet {
+    /// Plans `count` pods: per 20 workloads, 18 Deployments of 10 replicas, one
+    /// StatefulSet of 3 and 5 bare pods, spread over up to 10 namespaces.
+    fn plan(count: usize) -> Fleet {
+        let namespaces = (count / 100).clamp(1, NAMESPACE_NAMES.len());
+        let started = rfc3339(Timestamp::now() - jiff::SignedDuration::from_hours(26));
+        let mut fleet = Fleet {
+            pods: Vec::with_capacity(count),
+            objects: Vec::with_capacity(count),
+            workloads: 0,
+            annotation_bytes: 0,
+            next_index: 0,
+            updates: 0,
+            injected: Injected::default(),
+            json_bytes: 0,
+            json_min: usize::MAX,
+            json_max: 0,
+            load_time: Duration::ZERO,
+        };
+        let mut workload = 0usize;
+        while fleet.pods.len() < count {
+            let namespace = NAMESPACE_NAMES[workload % namespaces];
+            let app = APP_NAMES[(workload / namespaces) % APP_NAMES.len()];
+            let serial = workload / (namespaces * APP_NAMES.len());
+            let seed = workload as u64;
+            match workload % 20 {
+                0..=17 => {
+                    let name = format!("{app}-{serial}");
+                    let hash = suffix(seed ^ 0xd5, 10);
+                    for _ in 0..10 {
+                        let owner = Owner::Deployment {
+                            name: name.clone(),
+                            hash: hash.clone(),
+                        };
+                        fleet.add(namespace, app, workload, owner, &started);
+                    }
+                }
+                18 => {
+                    let name = format!("{app}-db-{serial}");
+                    for ordinal in 0..3 {
+                        let owner = Owner::StatefulSet {
+                            name: name.clone(),
+                            ordinal,
+                        };
+                        fleet.add(namespace, app, workload, owner, &started);
+                    }
+                }
+                _ => {
+                    for _ in 0..5 {
+                        fleet.add(namespace, app, workload, Owner::Bare, &started);
+                    }
+                }
+            }
+            fleet.workloads += 1;
+            workload += 1;
+        }
+        fleet.pods.truncate(count);
+        fleet.objects.truncate(count);
+        fleet
+    }
+
+    fn namespace_count(&self) -> usize {
+        let used: std::collections::HashSet<&str> =
+            self.pods.iter().map(|pod| pod.namespace).collect();
+        used.len()
+    }
+
+    fn container_count(&self) -> usize {
+        self.pods.iter().map(|pod| pod.containers.len()).sum()
+    }
+
+    fn add(
+        &mut self,
+        namespace: &'static str,
+        app: &'static str,
+        workload: usize,
+        owner: Owner,
+        started: &str,
+    ) {
+        let index = self.next_index;
+        self.next_index += 1;
+        let seed = index.wrapping_mul(0x1000_0001) ^ 0x5eed;
+        let (limit, request) = MEMORY_LIMITS[workload % MEMORY_LIMITS.len()];
+        let version = format!("1.{}.{}", workload % 7, mix(seed) % 20);
+        let image = format!("registry.example.com/{namespace}/{app}:{version}");
+        let sidecar = matches!(owner, Owner::Deployment { .. }) && workload.is_multiple_of(2);
+        let pod_name = match &owner {
+            Owner::Deployment { name, hash } => format!("{name}-{hash}-{}", suffix(seed, 5)),
+            Owner::StatefulSet { name, ordinal } => format!("{name}-{ordinal}"),
+            Owner::Bare => format!("{app}-debug-{}", suffix(seed, 5)),
+        };
+
+        let mut labels = json!({
+            "app.kubernetes.io/name": app,
+            "app.kubernetes.io/instance": format!("{app}-{namespace}"),
+            "app.kubernetes.io/version": version,
+            "app.kubernetes.io/component": if matches!(owner, Owner::StatefulSet { .. }) { "database" } else { "server" },
+            "app.kubernetes.io/part-of": namespace,
+            "app.kubernetes.io/managed-by": "Helm",
+            "team": format!("team-{namespace}"),
+        });
+        let mut owner_references = json!([]);
+        match &owner {
+            Owner::Deployment { name, hash } => {
+                labels["pod-template-hash"] = json!(hash);
+                owner_references = json!([{
+                    "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-{hash}"),
+                    "uid": format!("{:08x}-0000-4000-8000-{:012x}", mix(workload as u64) as u32, workload),
+                    "controller": true, "blockOwnerDeletion": true
+                }]);
+            }
+            Owner::StatefulSet { name, .. } => {
+                labels["controller-revision-hash"] =
+                    json!(format!("{name}-{}", suffix(seed ^ 7, 10)));
+                labels["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
+                owner_references = json!([{
+                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": name,
+                    "uid": format!("{:08x}-0000-4000-9000-{:012x}", mix(workload as u64) as u32, workload),
+                    "controller": true, "blockOwnerDeletion": true
+                }]);
+            }
+            Owner::Bare => {}
+        }
+
+        let main = json!({
+            "name": app,
+            "image": image,
+            "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                      {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}],
+            "env": [
+                {"name": "RUST_LOG", "value": "info"},
+                {"name": "DATABASE_URL", "value": format!("postgres://{app}@{app}-db.{namespace}.svc:5432/{app}")},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}},
+                {"name": "GOMEMLIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "0"}}}
+            ],
+            "resources": {"limits": {"cpu": "1", "memory": limit},
+                          "requests": {"cpu": "100m", "memory": request}},
+            "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP"},
+                              "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+            "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http", "scheme": "HTTP"},
+                               "periodSeconds": 5, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3},
+            "volumeMounts": [{"name": format!("kube-api-access-{}", suffix(seed ^ 3, 5)),
+                              "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+            "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false,
+                                "capabilities": {"drop": ["ALL"]}, "readOnlyRootFilesystem": true}
+        });
+        let mut containers = vec![main];
+        let mut sim_containers = vec![SimContainer {
+            name: app.to_owned(),
+            image: image.clone(),
+            image_id: format!(
+                "registry.example.com/{namespace}/{app}@sha256:{}",
+                hex64(seed ^ 11)
+            ),
+            container_id: format!("containerd://{}", hex64(seed ^ 12)),
+        }];
+        if sidecar {
+            let proxy = "docker.io/istio/proxyv2:1.22.3";
+            containers.push(json!({
+                "name": "istio-proxy",
+                "image": proxy,
+                "args": ["proxy", "sidecar", "--domain", "$(POD_NAMESPACE).svc.cluster.local",
+                         "--proxyLogLevel=warning", "--log_output_level=default:info"],
+                "ports": [{"name": "http-envoy-prom", "containerPort": 15090, "protocol": "TCP"}],
+                "resources": {"limits": {"cpu": "2", "memory": "1Gi"},
+                              "requests": {"cpu": "10m", "memory": "40Mi"}},
+                "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021, "scheme": "HTTP"},
+                                   "periodSeconds": 15, "timeoutSeconds": 3, "failureThreshold": 4}
+            }));
+            sim_containers.push(SimContainer {
+                name: "istio-proxy".to_owned(),
+                image: proxy.to_owned(),
+                image_id: format!("docker.io/istio/proxyv2@sha256:{}", hex64(13)),
+                container_id: format!("containerd://{}", hex64(seed ^ 14)),
+            });
+        }
+        let spec = json!({
+            "containers": containers,
+            "volumes": [{"name": format!("kube-api-access-{}", suffix(seed ^ 3, 5)), "projected": {
+                "defaultMode": 420,
+                "sources": [{"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}}]
+            }}],
+            "nodeName": format!("node-{:03}", mix(seed ^ 5) % 120),
+            "serviceAccountName": app,
+            "serviceAccount": app,
+            "securityContext": {"fsGroup": 2000},
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            ],
+            "preemptionPolicy": "PreemptLowerPriority",
+            "terminationGracePeriodSeconds": 30
+        });
+        // What `kubectl apply` leaves behind: the whole applied manifest, about 1 KB.
+        let last_applied = serde_json::to_string(&json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"annotations": {}, "labels": labels, "name": pod_name, "namespace": namespace},
+            "spec": {"containers": [spec["containers"][0].clone()]}
+        }))
+        .expect("JSON serializes");
+        self.annotation_bytes += last_applied.len();
+        let managed_fields = json!([
+            {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+             "time": started, "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app.kubernetes.io/name": {}, "f:pod-template-hash": {}},
+                          "f:ownerReferences": {".": {}}},
+                          "f:spec": {"f:containers": {}, "f:dnsPolicy": {}, "f:enableServiceLinks": {},
+                                     "f:restartPolicy": {}, "f:schedulerName": {}, "f:securityContext": {},
+                                     "f:terminationGracePeriodSeconds": {}}}},
+            {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": started,
+             "fieldsType": "FieldsV1", "subresource": "status",
+             "fieldsV1": {"f:status": {"f:conditions": {}, "f:containerStatuses": {}, "f:hostIP": {},
+                                       "f:hostIPs": {}, "f:phase": {}, "f:podIP": {}, "f:podIPs": {},
+                                       "f:startTime": {}}}}
+        ]);
+        let metadata = json!({
+            "name": pod_name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {
+                "kubectl.kubernetes.io/last-applied-configuration": last_applied,
+                "kubectl.kubernetes.io/restartedAt": started,
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": "9090",
+                "cluster-autoscaler.kubernetes.io/safe-to-evict": "true"
+            },
+            "ownerReferences": owner_references,
+            "managedFields": managed_fields
+        });
+
+        let victim = if sim_containers.len() > 1 && index.is_multiple_of(7) {
+            1
+        } else {
+            0
+        };
+        let pod = SimPod {
+            namespace,
+            name: pod_name,
+            uid: String::new(),
+            app,
+            workload,
+            owner,
+            containers: sim_containers,
+            victim,
+            stage: Stage::Ready,
+            restarts: 0,
+            instance: 0,
+            started_at: started.to_owned(),
+            ready_since: started.to_owned(),
+            pod_started: started.to_owned(),
+            host_ip: ip(seed ^ 21, "10.128"),
+            pod_ip: ip(seed ^ 22, "10.244"),
+            dying: None,
+            last_death: None,
+        };
+        let status = pod.status();
+        self.objects.push(json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": metadata, "spec": spec, "status": status
+        }));
+        self.pods.push(pod);
+    }
+
+    /// Creates every planned pod in the lab (and records their JSON sizes).
+    fn load(mut self, store: &Store) -> Result<Fleet> {
+        for (pod, object) in self.pods.iter_mut().zip(std::mem::take(&mut self.objects)) {
+            let created = store
+                .create_with_status(&PODS, pod.namespace, object)
+                .with_context(|| format!("pod {}/{} created", pod.namespace, pod.name))?;
+            let bytes = serde_json::to_vec(&created).map_or(0, |json| json.len());
+            self.json_bytes += bytes;
+            self.json_min = self.json_min.min(bytes);
+            self.json_max = self.json_max.max(bytes);
+            pod.uid = created["metadata"]["uid"]
+                .as_str()
+                .context("the lab assigned a uid")?
+                .to_owned();
+        }
+        Ok(self)
+    }
+
+    /// Writes `count` status updates, visiting the pods in a fixed scattered order so
+    /// that consecutive updates hit different pods, namespaces and workloads (continuing
+    /// where the previous call stopped). With `capture`, also returns each update's watch
+    /// event line exactly as the lab's watch will send it: `{"type":"MODIFIED","object":`,
+    /// the stored object serialized by `serde_json::to_writer`, `}`.
+    fn stream_updates(
+        mut self,
+        store: &Store,
+        count: usize,
+        capture: bool,
+    ) -> Result<(Fleet, Vec<Vec<u8>>)> {
+        let n = self.pods.len();
+        let stride = (n * 618 / 1000..)
+            .find(|s| gcd(*s, n) == 1)
+            .expect("some stride is coprime with the pod count");
+        let mut lines = Vec::with_capacity(if capture { count } else { 0 });
+        for _ in 0..count {
+            if self.updates.is_multiple_of(1_000) && STOP.load(Ordering::Relaxed) {
+                bail!("stopped");
+            }
+            let pod = &mut self.pods[(self.updates * stride) % n];
+            self.updates += 1;
+            let now = rfc3339(Timestamp::now());
+            match pod.advance(&now) {
+                Stage::Terminated => self.injected.oom_kills += 1,
+                Stage::Starting => self.injected.restarts += 1,
+                Stage::BackOff | Stage::Ready => {}
+            }
+            let stored = store
+                .merge_status(&PODS, pod.namespace, &pod.name, pod.status())
+                .with_context(|| format!("status of {}/{} written", pod.namespace, pod.name))?;
+            if capture {
+                let mut line = Vec::with_capacity(12 * 1024);
+                line.extend_from_slice(b"{\"type\":\"MODIFIED\",\"object\":");
+                serde_json::to_writer(&mut line, &stored).context("event serializes")?;
+                line.extend_from_slice(b"}");
+                lines.push(line);
+            }
+        }
+        Ok((self, lines))
+    }
+
+    /// Churn: deletes a random pod and creates its replacement (same Deployment with a
+    /// new name, same StatefulSet name, or a new bare pod); with `crash`, the new pod goes
+    /// through one OOMKill cycle. Returns whether the replacement is a bare pod.
+    fn replace_random(&mut self, store: &Store, serial: u64, crash: bool) -> Result<bool> {
+        let index = (mix(serial ^ 0xc4c4) % self.pods.len() as u64) as usize;
+        let old = self.pods.swap_remove(index);
+        store
+            .delete(&PODS, old.namespace, &old.name)
+            .with_context(|| format!("pod {}/{} deleted", old.namespace, old.name))?;
+        let started = rfc3339(Timestamp::now());
+        let bare = matches!(old.owner, Owner::Bare);
+        for attempt in 0.. {
+            self.add(
+                old.namespace,
+                old.app,
+                old.workload,
+                old.owner.clone(),
+                &started,
+            );
+            let object = self.objects.pop().context("planned object")?;
+            let mut pod = self.pods.pop().context("planned pod")?;
+            let created = match store.create_with_status(&PODS, pod.namespace, object) {
+                Ok(created) => created,
+                // A generated name taken already: plan another.
+                Err(error) if error.code == 409 && attempt < 5 => continue,
+                Err(error) => {
+                    return Err(error)
+                        .with_context(|| format!("pod {}/{} created", pod.namespace, pod.name));
+                }
+            };
+            pod.uid = created["metadata"]["uid"]
+                .as_str()
+                .context("the lab assigned a uid")?
+                .to_owned();
+            if crash {
+                for _ in 0..4 {
+                    let now = rfc3339(Timestamp::now());
+                    match pod.advance(&now) {
+                        Stage::Terminated => self.injected.oom_kills += 1,
+                        Stage::Starting => self.injected.restarts += 1,
+                        Stage::BackOff | Stage::Ready => {}
+                    }
+                    store
+                        .merge_status(&PODS, pod.namespace, &pod.name, pod.status())
+                        .with_context(|| {
+                            format!("status of {}/{} written", pod.namespace, pod.name)
+                        })?;
+                }
+            }
+            self.pods.push(pod);
+            break;
+        }
+        Ok(bare)
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+impl SimPod {
+    /// Moves the victim one step through its cycle at time `now`; returns the new stage.
+    fn advance(&mut self, now: &str) -> Stage {
+        let was_ready = self.stage == Stage::Ready;
+        self.stage = match self.stage {
+            Stage::Ready => {
+                let container = &self.containers[self.victim];
+                self.dying = Some(json!({
+                    "exitCode": 137,
+                    "reason": "OOMKilled",
+                    "startedAt": self.started_at,
+                    "finishedAt": now,
+                    "containerID": container.container_id,
+                }));
+                Stage::Terminated
+            }
+            Stage::Terminated => {
+                self.last_death = self.dying.take();
+                Stage::BackOff
+            }
+            Stage::BackOff => {
+                self.restarts += 1;
+                self.instance += 1;
+                let seed = hash_str(&self.uid) ^ (self.instance << 4) ^ self.victim as u64;
+                self.containers[self.victim].container_id = format!("containerd://{}", hex64(seed));
+                self.started_at = now.to_owned();
+                Stage::Starting
+            }
+            Stage::Starting => Stage::Ready,
+        };
+        if was_ready != (self.stage == Stage::Ready) {
+            self.ready_since = now.to_owned();
+        }
+        self.stage
+    }
+
+    fn status(&self) -> Value {
+        let ready = self.stage == Stage::Ready;
+        let victim = &self.containers[self.victim].name;
+        let readiness = |kind: &str| {
+            let mut condition = json!({
+                "type": kind, "status": if ready { "True" } else { "False" },
+                "lastProbeTime": null, "lastTransitionTime": self.ready_since
+            });
+            if !ready {
+                condition["reason"] = json!("ContainersNotReady");
+                condition["message"] = json!(format!("containers with unready status: [{victim}]"));
+            }
+            condition
+        };
+        let scheduled = |kind: &str| {
+            json!({"type": kind, "status": "True", "lastProbeTime": null,
+                   "lastTransitionTime": self.pod_started})
+        };
+        let statuses: Vec<Value> = self
+            .containers
+            .iter()
+            .enumerate()
+            .map(|(index, container)| {
+                if index == self.victim {
+                    self.victim_status(container)
+                } else {
+                    json!({
+                        "name": container.name, "image": container.image, "imageID": container.image_id,
+                        "containerID": container.container_id, "ready": true, "started": true,
+                        "restartCount": 0, "state": {"running": {"startedAt": self.pod_started}},
+                        "lastState": {}
+                    })
+                }
+            })
+            .collect();
+        json!({
+            "phase": "Running",
+            "conditions": [
+                scheduled("PodReadyToStartContainers"),
+                scheduled("Initialized"),
+                readiness("Ready"),
+                readiness("ContainersReady"),
+                scheduled("PodScheduled"),
+            ],
+            "hostIP": self.host_ip,
+            "hostIPs": [{"ip": self.host_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
+            "startTime": self.pod_started,
+            "containerStatuses": statuses,
+            "qosClass": "Burstable"
+        })
+    }
+
+    fn victim_status(&self, container: &SimContainer) -> Value {
+        let last_state = match &self.last_death {
+            Some(death) => json!({"terminated": death}),
+            None => json!({}),
+        };
+        let mut status = json!({
+            "name": container.name, "image": container.image, "imageID": container.image_id,
+            "restartCount": self.restarts, "lastState": last_state
+        });
+        let (ready, started, state) = match self.stage {
+            Stage::Ready => (
+                true,
+                true,
+                json!({"running": {"startedAt": self.started_at}}),
+            ),
+            Stage::Starting => (
+                false,
+                true,
+                json!({"running": {"startedAt": self.started_at}}),
+            ),
+            Stage::Terminated => (false, false, json!({"terminated": self.dying})),
+            Stage::BackOff => (
+                false,
+                false,
+                json!({"waiting": {
+                    "reason": "CrashLoopBackOff",
+                    "message": format!(
+                        "back-off 10s restarting failed container={} pod={}_{}({})",
+                        container.name, self.name, self.namespace, self.uid
+                    )
+                }}),
+            ),
+        };
+        status["ready"] = json!(ready);
+        status["started"] = json!(started);
+        status["state"] = state;
+        if self.stage != Stage::BackOff {
+            status["containerID"] = json!(container.container_id);
+        }
+        status
+    }
+}
+
+fn hash_str(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// The daemon process and what /proc says about it.
+// ---------------------------------------------------------------------------------------
+
+/// The daemon binary running against the lab; killed when dropped (also on panic).
+struct Daemon {
+    /// The daemon, or the `BENCH_DAEMON_WRAPPER` process that runs it.
+    child: Child,
+    /// The daemon itself (what /proc is read for and signals go to).
+    pid: u32,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the release binary against the lab, with `config` as its config file.
+    fn spawn(kubeconfig: &Path, dir: &Path, config: Option<&Path>) -> Result<Daemon> {
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_selfheal-exporter"));
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .context("a free port on 127.0.0.1")?
+            .port();
+        let log = dir.join("daemon.log");
+        // A profiler to run the daemon under, e.g. `heaptrack -o /tmp/daemon` or
+        // `perf record -g -o /tmp/daemon.perf --`.
+        let wrapper: Vec<String> = std::env::var("BENCH_DAEMON_WRAPPER")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&binary);
+                command
+            }
+            None => Command::new(&binary),
+        };
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).context("daemon log file")?);
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        // Only the built-in defaults: no configuration from the caller's environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SELFHEAL_") {
+                command.env_remove(key);
+            }
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        let mut daemon = Daemon {
+            pid: child.id(),
+            child,
+            port,
+            log,
+        };
+        if !wrapper.is_empty() {
+            daemon.pid = find_descendant(daemon.pid, &binary, Duration::from_secs(30))?;
+        }
+        Ok(daemon)
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("daemon status")? {
+                bail!("the daemon exited with {status}; log:\n{}", self.log_tail());
+            }
+            if let Ok((200, _)) = http_get(self.port, "/readyz").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon was not ready within {} s; log:\n{}",
+                    timeout.as_secs(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.port, path)
+            .await
+            .with_context(|| format!("GET {path} from the daemon; log:\n{}", self.log_tail()))
+    }
+
+    fn cpu(&self, clk_tck: u64) -> Result<f64> {
+        cpu_seconds(self.pid, clk_tck)
+    }
+
+    /// Sends `kill -<name>` (STOP, CONT, TERM) to the daemon.
+    fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid.to_string())
+            .status()
+            .context("running kill")?;
+        ensure!(status.success(), "kill -{name} {} failed", self.pid);
+        Ok(())
+    }
+
+    /// Waits until /proc says the daemon is in `state` (e.g. 'T', stopped).
+    async fn wait_state(&self, state: char, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .context("reading the daemon's /proc stat")?;
+            let now = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next());
+            if now == Some(state) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "the daemon did not reach state {state} (is {now:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Returns once the daemon's CPU time has not moved for `quiet`, or after `max`.
+    async fn wait_idle(&self, quiet: Duration, max: Duration, clk_tck: u64) -> Result<()> {
+        let started = Instant::now();
+        let mut last = self.cpu(clk_tck)?;
+        let mut since = Instant::now();
+        while started.elapsed() < max {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let cpu = self.cpu(clk_tck)?;
+            if cpu > last {
+                last = cpu;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the daemon has counted `target` pod watch `apply` events; returns the
+    /// /metrics body that showed it. Scrapes only when the daemon looks idle (or every
+    /// 2 s), so polling costs the daemon little.
+    async fn wait_applied(&self, target: f64, timeout: Duration, clk_tck: u64) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.wait_idle(Duration::from_millis(200), Duration::from_secs(2), clk_tck)
+                .await?;
+            let (status, body) = self.get("/metrics").await?;
+            ensure!(status == 200, "/metrics answered {status}");
+            let applies = pod_applies(&body);
+            if applies >= target {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                let scrape = Exposition::parse(&body);
+                print_watch_health("timeout", &scrape);
+                bail!(
+                    "the daemon applied {applies} of {target} pod events within {} s",
+                    timeout.as_secs()
+                );
+            }
+        }
+    }
+
+    /// SIGTERM, then up to 10 s for a clean exit (the drop guard kills it otherwise).
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid.to_string())
+            .status();
+        // A profiler wrapping the daemon may take a while to write its data.
+        let wrapped = self.pid != self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 10 });
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) if status.success() => return,
+                Ok(Some(status)) => {
+                    eprintln!("scale: the daemon exited with {status} after SIGTERM");
+                    return;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => return,
+            }
+        }
+        eprintln!("scale: the daemon did not exit in time after SIGTERM; killing it");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if self.pid != self.child.id() {
+                // Wrapped: the daemon first (it is not our child; SIGKILL also ends SIGSTOP).
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(self.pid.to_string())
+                    .status();
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The descendant of `root` running `binary` (the daemon under a wrapper).
+fn find_descendant(root: u32, binary: &Path, timeout: Duration) -> Result<u32> {
+    let binary = binary.canonicalize().context("daemon binary path")?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut queue = vec![root];
+        while let Some(pid) = queue.pop() {
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary) {
+                return Ok(pid);
+            }
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten();
+            for task in tasks.flatten() {
+                let children =
+                    std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                queue.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no process running {} under the wrapper (pid {root})",
+            binary.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Memory figures from `/proc/<pid>/status`.
+struct ProcStatus {
+    rss_bytes: u64,
+    hwm_bytes: u64,
+}
+
+fn read_status(pid: u32) -> Result<ProcStatus> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (is the daemon still running?)"))?;
+    let kib = |field: &str| -> Result<u64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| {
+                rest.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .map(|kib| kib * 1024)
+            .with_context(|| format!("no {field} in /proc/{pid}/status"))
+    };
+    Ok(ProcStatus {
+        rss_bytes: kib("VmRSS:")?,
+        hwm_bytes: kib("VmHWM:")?,
+    })
+}
+
+/// User + system CPU seconds of `pid` so far.
+fn cpu_seconds(pid: u32, clk_tck: u64) -> Result<f64> {
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"), clk_tck)
+}
+
+/// User + system CPU seconds of the calling thread so far.
+fn thread_cpu_seconds(clk_tck: u64) -> Result<f64> {
+    stat_cpu_seconds("/proc/thread-self/stat", clk_tck)
+}
+
+fn stat_cpu_seconds(path: &str, clk_tck: u64) -> Result<f64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    // The command name may contain spaces and parentheses: fields start after the last ')'.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // Fields 14 and 15 of stat(5); index 0 here is field 3 (state).
+    let ticks = |index: usize| -> Result<u64> {
+        fields
+            .get(index)
+            .and_then(|field| field.parse().ok())
+            .with_context(|| format!("malformed {path}: {text}"))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / clk_tck as f64)
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat`, from `getconf CLK_TCK` (asked once).
+fn clock_ticks_per_second() -> Result<u64> {
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .context("running `getconf CLK_TCK` (needed to read CPU times from /proc)")?;
+    ensure!(
+        output.status.success(),
+        "`getconf CLK_TCK` failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|ticks| *ticks > 0)
+        .with_context(|| format!("`getconf CLK_TCK` printed {text:?}"))
+}
+
+/// Samples the daemon's RSS every 100 ms in the background and keeps the peak.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let shared = peak.clone();
+        let task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(SAMPLE_EVERY);
+            loop {
+                ticker.tick().await;
+                match read_status(pid) {
+                    Ok(status) => {
+                        shared.fetch_max(status.rss_bytes, Ordering::Relaxed);
+                    }
+                    Err(_) => return, // the process is gone
+                }
+            }
+        });
+        RssSampler { peak, task }
+    }
+
+    /// The peak so far.
+    fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
+/// Scrapes `/metrics` periodically in the background, as Prometheus would: the scrape's
+/// transient buffers are part of the daemon's real peak memory.
+struct Prometheus {
+    log: Arc<std::sync::Mutex<ScrapeLog>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What the periodic scrapes saw.
+#[derive(Default, Clone, Copy)]
+struct ScrapeLog {
+    count: u32,
+    slowest_ms: f64,
+    slowest_series: usize,
+}
+
+impl ScrapeLog {
+    fn merge(&mut self, other: ScrapeLog) {
+        self.count += other.count;
+        if other.slowest_ms > self.slowest_ms {
+            self.slowest_ms = other.slowest_ms;
+            self.slowest_series = other.slowest_series;
+        }
+    }
+}
+
+impl Prometheus {
+    fn start(port: u16, every: Option<Duration>) -> Prometheus {
+        let log = Arc::new(std::sync::Mutex::new(ScrapeLog::default()));
+        let shared = log.clone();
+        let task = every.map(|every| {
+            tokio::spawn(async move {
+                let mut ticker =
+                    tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                loop {
+                    ticker.tick().await;
+                    let started = Instant::now();
+                    if let Ok((200, body)) = http_get(port, "/metrics").await {
+                        let millis = started.elapsed().as_secs_f64() * 1000.0;
+                        let series = count_series(&body);
+                        let mut log = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        log.merge(ScrapeLog {
+                            count: 1,
+                            slowest_ms: millis,
+                            slowest_series: series,
+                        });
+                    }
+                }
+            })
+        });
+        Prometheus { log, task }
+    }
+
+    /// Stops scraping; returns what the answered scrapes saw.
+    fn stop(self) -> ScrapeLog {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        *self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP and the Prometheus text format, just enough for this bench.
+// ---------------------------------------------------------------------------------------
+
+/// A minimal HTTP/1.1 GET to 127.0.0.1:`port` (`Connection: close`).
+async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(response)
+    };
+    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+        .await
+        .context("timed out")??;
+    let response = String::from_utf8(response).context("response is not UTF-8")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status")?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::with_capacity(body.len());
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("truncated chunk")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).context("truncated chunk")?;
+        out.push_str(chunk);
+        body = rest[size..]
+            .strip_prefix("\r\n")
+            .context("chunk without CRLF")?;
+    }
+}
+
+/// The samples of a Prometheus text exposition.
+struct Exposition {
+    samples: Vec<Sample>,
+}
+
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Exposition {
+    fn parse(text: &str) -> Exposition {
+        let samples = text
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let value: f64 = value.parse().ok()?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, labels)) => (name, labels.strip_suffix('}').unwrap_or(labels)),
+                    None => (series, ""),
+                };
+                let labels = labels
+                    .split("\",")
+                    .filter(|pair| !pair.is_empty())
+                    .filter_map(|pair| {
+                        let (key, value) = pair.split_once('=')?;
+                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
+                    })
+                    .collect();
+                Some(Sample {
+                    name: name.to_owned(),
+                    labels,
+                    value,
+                })
+            })
+            .collect();
+        Exposition { samples }
+    }
+
+    /// The `top` metric families with the most samples, as `name N, …`.
+    fn largest_families(&self, top: usize) -> String {
+        let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for Sample { name, .. } in &self.samples {
+            let family = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            *counts.entry(family).or_default() += 1;
+        }
+        let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        counts
+            .iter()
+            .take(top)
+            .map(|(name, count)| format!("{name} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Sum of the samples of `name` whose labels include all of `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|sample| {
+                sample.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| sample.labels.iter().any(|(hk, hv)| hk == k && hv == v))
+            })
+            .map(|sample| sample.value)
+            .fold(0.0, |total, value| total + value)
+    }
+}
+
+/// Sample lines of a Prometheus text exposition (each histogram bucket is one series).
+fn count_series(body: &str) -> usize {
+    body.lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .count()
+}
+
+/// `selfheal_watch_events_total{resource="pods",type="apply"}`, without parsing the rest.
+fn pod_applies(body: &str) -> f64 {
+    body.lines()
+        .filter(|line| {
+            line.starts_with("selfheal_watch_events_total{")
+                && line.contains("resource=\"pods\"")
+                && line.contains("type=\"apply\"")
+        })
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
