@@ -26,7 +26,7 @@
 //! - `drain` — the daemon's own event throughput, unconstrained by the lab. The lab is
 //!   slower than the daemon on both ends: its writer takes about 5,000 writes/s, and its
 //!   watch encodes each event from a `serde_json::Value` on a single task (about
-//!   40,000 events/s). So the daemon talks to the lab through an in-process TCP proxy
+//!   45,000 events/s here). So the daemon talks to the lab through an in-process TCP proxy
 //!   that buffers whatever the lab sends, without limit. `BENCH_DRAIN_PODS` (10,000) pods
 //!   are synced and warmed up (one update each); the daemon is frozen with SIGSTOP;
 //!   `BENCH_DRAIN_UPDATES` (100,000) status updates are written into the lab (whose
