@@ -138,6 +138,8 @@ impl ContainerTracker {
         if self.deaths.len() == 2 {
             self.deaths.remove(0);
         }
+        // At most two are kept: do not let the first push reserve room for four.
+        self.deaths.reserve_exact(1);
         self.deaths.push(death);
     }
 
