@@ -5,8 +5,10 @@
 //! Kubernetes API server over plain HTTP that kube-rs and kubectl talk to as
 //! if it were real (list/watch with resourceVersions, bookmarks and 410
 //! Expired, pagination, label/field selectors, status subresources, merge /
-//! JSON / strategic-merge patches, `Status` errors, discovery), plus fault
-//! injection (dropped watches, 500/429 answers, history compaction).
+//! JSON / strategic-merge patches, server-side apply with field ownership
+//! (`managedFields`, 409 conflicts: enough for kube-lease-manager's leader
+//! election on Leases), `Status` errors, discovery), plus fault injection
+//! (dropped watches, 500/429 answers, history compaction).
 //!
 //! ```no_run
 //! use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, Patch, PODS};

@@ -4,8 +4,10 @@
 //! Module map: `resources` (the served types), `store` (objects, revisions,
 //! history), `selectors`, `patch`, `defaults` (create-time defaulting),
 //! `watch` (watch streams), `routes` (HTTP), `discovery`, `table` (kubectl
-//! printing), `faults` (fault injection), `kubeconfig`, `error` (`Status`).
+//! printing), `faults` (fault injection), `kubeconfig`, `error` (`Status`),
+//! `apply` (server-side apply and `managedFields`).
 
+mod apply;
 mod defaults;
 mod discovery;
 mod error;
@@ -28,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use apply::{is_apply_content_type, manager_from_user_agent};
 pub use error::{ApiError, ApiResult};
 pub use faults::Faults;
 pub use patch::Patch;
@@ -36,7 +39,9 @@ pub use resources::{
 };
 pub use routes::{AppState, router};
 pub use selectors::{FieldSelector, LabelSelector, Selector};
-pub use store::{ChangeKind, DEFAULT_HISTORY, DeleteOptions, ListOptions, Store};
+pub use store::{
+    ApplyOptions, ChangeKind, DEFAULT_HISTORY, DeleteOptions, ListOptions, Store, WriteOptions,
+};
 pub use table::human_duration;
 pub use watch::WatchHub;
 

@@ -9,8 +9,8 @@
 //! `$deleteFromPrimitiveList/<field>` and `$setElementOrder/<field>` (ignored:
 //! element order is not enforced) are understood. Merge keys are looked up by
 //! field name alone, not by the full Go type path, which is exact for the lab's
-//! resources. Server-side apply (`application/apply-patch+yaml`) is answered
-//! with 415.
+//! resources. Server-side apply (`application/apply-patch+yaml`) is not a
+//! [`Patch`]: it needs ownership, see `apply.rs` and `Store::apply`.
 
 use serde_json::{Map, Value};
 

@@ -4,8 +4,10 @@
 //! Paths: `/api/v1/{plural}`, `/api/v1/namespaces/{ns}/{plural}[/{name}[/status]]`,
 //! `/api/v1/{cluster-plural}[/{name}[/status]]` and the same under
 //! `/apis/{group}/{version}`. Verbs: GET (get, list, `?watch=true`), POST
-//! (create), PUT (update), PATCH (merge / JSON / strategic), DELETE (one or a
-//! collection). Requests and responses are JSON; every error is a `Status`.
+//! (create), PUT (update), PATCH (merge / JSON / strategic, and server-side apply
+//! with `fieldManager` and `force`), DELETE (one or a collection). Requests and
+//! responses are JSON (an apply body may also be YAML); every error is a `Status`.
+//! Writes with `fieldManager` record field ownership (see `apply.rs`).
 //! Injected failures ([`Faults::fail_next`](super::Faults::fail_next)) are
 //! answered here, before routing, for every path outside `/lab/`.
 
@@ -21,13 +23,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+use super::apply;
 use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::faults::Faults;
 use super::patch::Patch;
 use super::resources::{self, ResourceType};
 use super::selectors::Selector;
-use super::store::{DeleteOptions, ListOptions, Store};
+use super::store::{ApplyOptions, DeleteOptions, ListOptions, Store, WriteOptions};
 use super::table;
 use super::watch::{self, WatchHub, WatchRequest};
 
@@ -322,6 +325,44 @@ fn parse_body(body: &Bytes) -> ApiResult<Value> {
         .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
 }
 
+/// An apply body: JSON, or YAML (`application/apply-patch+yaml` says YAML; kube-rs and
+/// kubectl send JSON, which is YAML too).
+fn parse_apply_body(body: &Bytes) -> ApiResult<Value> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("the apply body is neither JSON nor UTF-8 YAML"))?;
+    serde_saphyr::from_str::<Value>(text)
+        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+}
+
+/// `fieldManager` (validated) and the User-Agent's manager name for tracked objects.
+fn write_options(q: &Query, headers: &HeaderMap) -> ApiResult<WriteOptions> {
+    if q.contains_key("force") {
+        return Err(ApiError::invalid(
+            "PatchOptions.meta.k8s.io",
+            "",
+            "force: Forbidden: may not be specified for non-apply patch",
+        ));
+    }
+    let field_manager = q.get("fieldManager").filter(|m| !m.is_empty()).cloned();
+    if let Some(manager) = &field_manager {
+        apply::validate_field_manager(manager)?;
+    }
+    let fallback_manager = headers
+        .get(header::USER_AGENT)
+        .and_then(|h| h.to_str().ok())
+        .and_then(apply::manager_from_user_agent);
+    Ok(WriteOptions {
+        field_manager,
+        fallback_manager,
+    })
+}
+
 fn content_type(headers: &HeaderMap) -> &str {
     headers
         .get(header::CONTENT_TYPE)
@@ -409,7 +450,8 @@ fn dispatch(
                 }
             };
             check_json_content(headers)?;
-            let obj = store.create(rt, &ns, parse_body(body)?)?;
+            let opts = write_options(q, headers)?;
+            let obj = store.create_with(rt, &ns, parse_body(body)?, &opts)?;
             Ok(ok_json(StatusCode::CREATED, &obj))
         }
         (Target::Collection { rt, ns }, Method::DELETE) => {
@@ -471,10 +513,11 @@ fn dispatch(
         ) => {
             check_json_content(headers)?;
             let obj = parse_body(body)?;
+            let opts = write_options(q, headers)?;
             let out = if status {
-                store.replace_status(rt, &ns, &name, obj)?
+                store.replace_status_with(rt, &ns, &name, obj, &opts)?
             } else {
-                store.replace(rt, &ns, &name, obj)?
+                store.replace_with(rt, &ns, &name, obj, &opts)?
             };
             Ok(ok_json(StatusCode::OK, &out))
         }
@@ -487,11 +530,33 @@ fn dispatch(
             },
             Method::PATCH,
         ) => {
+            if apply::is_apply_content_type(content_type(headers)) {
+                if status {
+                    return Err(ApiError::method_not_allowed(
+                        "the lab does not support server-side apply to a status subresource",
+                    ));
+                }
+                if q.get("dryRun").is_some_and(|d| !d.is_empty()) {
+                    return Err(ApiError::bad_request("the lab does not support dryRun"));
+                }
+                let opts = ApplyOptions {
+                    field_manager: q.get("fieldManager").cloned().unwrap_or_default(),
+                    force: flag(q, "force"),
+                };
+                let (out, created) = store.apply(rt, &ns, &name, parse_apply_body(body)?, &opts)?;
+                let code = if created {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(ok_json(code, &out));
+            }
             let patch = Patch::from_content_type(content_type(headers), parse_body(body)?)?;
+            let opts = write_options(q, headers)?;
             let out = if status {
-                store.patch_status(rt, &ns, &name, &patch)?
+                store.patch_status_with(rt, &ns, &name, &patch, &opts)?
             } else {
-                store.patch(rt, &ns, &name, &patch)?
+                store.patch_with(rt, &ns, &name, &patch, &opts)?
             };
             Ok(ok_json(StatusCode::OK, &out))
         }

@@ -21,7 +21,9 @@
 //! - `compact()` also advances the revision by one (an empty revision), so
 //!   every resourceVersion issued before it is too old, while a fresh list
 //!   returns a usable one;
-//! - a create with `metadata.resourceVersion` set is accepted (the field is ignored).
+//! - a create with `metadata.resourceVersion` set is accepted (the field is ignored);
+//! - field ownership (`metadata.managedFields`) is tracked only for server-side apply,
+//!   writes that name a `fieldManager`, and objects already tracked: see `apply.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
@@ -31,6 +33,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 
+use super::apply;
 use super::defaults;
 use super::error::{ApiError, ApiResult};
 use super::patch::Patch;
@@ -76,6 +79,26 @@ pub struct DeleteOptions {
     pub precondition_resource_version: Option<String>,
     /// Requested grace period (currently deletion is always immediate).
     pub grace_period_seconds: Option<i64>,
+}
+
+/// Who writes: field ownership of create, update and patch (see `apply.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `fieldManager`: the writer takes ownership of the fields it adds or changes (an
+    /// `Update` in `metadata.managedFields`).
+    pub field_manager: Option<String>,
+    /// The manager named when an object whose fields are tracked is written without a
+    /// `fieldManager` (the real server derives it from the User-Agent); `unknown` if `None`.
+    pub fallback_manager: Option<String>,
+}
+
+/// Options of a server-side apply (`PATCH` with `application/apply-patch+yaml`).
+#[derive(Debug, Clone, Default)]
+pub struct ApplyOptions {
+    /// `fieldManager` (required).
+    pub field_manager: String,
+    /// `force=true`: take the conflicting fields over instead of failing with 409.
+    pub force: bool,
 }
 
 /// Options of a list call, mirroring the query parameters.
@@ -189,6 +212,14 @@ fn same_spec(a: &Value, b: &Value) -> bool {
         }
     }
     a_count == b_count
+}
+
+fn track_context(rt: &ResourceType, now: String) -> apply::Context {
+    apply::Context {
+        api_version: rt.api_version(),
+        has_status: rt.has_status,
+        now,
+    }
 }
 
 fn set_rv(obj: &mut Value, rv: u64) {
@@ -360,7 +391,19 @@ impl Store {
     /// Creates an object (POST semantics). `namespace` is ignored for
     /// cluster-scoped types. Returns the stored object.
     pub fn create(&self, rt: &ResourceType, namespace: &str, obj: Value) -> ApiResult<Value> {
-        self.create_inner(rt, namespace, obj, false)
+        self.create_inner(rt, namespace, obj, false, None)
+    }
+
+    /// [`create`](Self::create) as `opts.field_manager`, who then owns every field of the
+    /// new object (an `Update` in `metadata.managedFields`).
+    pub fn create_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        self.create_inner(rt, namespace, obj, false, opts.field_manager.as_deref())
     }
 
     /// Lab shortcut: like [`create`](Self::create) but keeps the body's
@@ -372,7 +415,7 @@ impl Store {
         namespace: &str,
         obj: Value,
     ) -> ApiResult<Value> {
-        self.create_inner(rt, namespace, obj, true)
+        self.create_inner(rt, namespace, obj, true, None)
     }
 
     fn create_inner(
@@ -381,6 +424,7 @@ impl Store {
         namespace: &str,
         mut obj: Value,
         keep_status: bool,
+        field_manager: Option<&str>,
     ) -> ApiResult<Value> {
         let idx = resource_index(rt)?;
         stamp_type(rt, &mut obj)?;
@@ -436,9 +480,13 @@ impl Store {
             meta.remove(system);
         }
         meta.insert("uid".into(), json!(defaults::new_uid()));
-        meta.insert("creationTimestamp".into(), json!(defaults::now_rfc3339()));
+        let now = defaults::now_rfc3339();
+        meta.insert("creationTimestamp".into(), json!(now.clone()));
         meta.insert("generation".into(), json!(1));
         defaults::on_create(rt, &mut obj, keep_status)?;
+        if let Some(manager) = field_manager {
+            apply::track_update(None, &mut obj, manager, None, &track_context(rt, now));
+        }
 
         let key = (ns, name);
         let rv = {
@@ -503,7 +551,19 @@ impl Store {
         name: &str,
         obj: Value,
     ) -> ApiResult<Value> {
-        self.update(rt, namespace, name, false, move |_| Ok(obj))
+        self.replace_with(rt, namespace, name, obj, &WriteOptions::default())
+    }
+
+    /// [`replace`](Self::replace) as a field manager (see [`WriteOptions`]).
+    pub fn replace_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        self.update(rt, namespace, name, false, Some(opts), move |_| Ok(obj))
     }
 
     /// Replaces only `.status` (PUT on `/status`); everything else in the body is ignored.
@@ -514,8 +574,20 @@ impl Store {
         name: &str,
         obj: Value,
     ) -> ApiResult<Value> {
+        self.replace_status_with(rt, namespace, name, obj, &WriteOptions::default())
+    }
+
+    /// [`replace_status`](Self::replace_status) as a field manager.
+    pub fn replace_status_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
         self.status_subresource(rt)?;
-        self.update(rt, namespace, name, true, move |_| Ok(obj))
+        self.update(rt, namespace, name, true, Some(opts), move |_| Ok(obj))
     }
 
     /// Patches an object (PATCH). `.status` changes are ignored for types with a status subresource.
@@ -526,7 +598,19 @@ impl Store {
         name: &str,
         patch: &Patch,
     ) -> ApiResult<Value> {
-        self.update(rt, namespace, name, false, |old| {
+        self.patch_with(rt, namespace, name, patch, &WriteOptions::default())
+    }
+
+    /// [`patch`](Self::patch) as a field manager (see [`WriteOptions`]).
+    pub fn patch_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        patch: &Patch,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
+        self.update(rt, namespace, name, false, Some(opts), |old| {
             let mut new = old.clone();
             patch.apply(&mut new)?;
             Ok(new)
@@ -541,12 +625,102 @@ impl Store {
         name: &str,
         patch: &Patch,
     ) -> ApiResult<Value> {
+        self.patch_status_with(rt, namespace, name, patch, &WriteOptions::default())
+    }
+
+    /// [`patch_status`](Self::patch_status) as a field manager.
+    pub fn patch_status_with(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        patch: &Patch,
+        opts: &WriteOptions,
+    ) -> ApiResult<Value> {
         self.status_subresource(rt)?;
-        self.update(rt, namespace, name, true, |old| {
+        self.update(rt, namespace, name, true, Some(opts), |old| {
             let mut new = old.clone();
             patch.apply(&mut new)?;
             Ok(new)
         })
+    }
+
+    /// Server-side apply of `config` (see `apply.rs`): creates the object if absent, else
+    /// merges the configuration in, with field ownership and conflicts (409) unless
+    /// `opts.force`. Returns the object and whether it was created.
+    pub fn apply(
+        &self,
+        rt: &ResourceType,
+        namespace: &str,
+        name: &str,
+        config: Value,
+        opts: &ApplyOptions,
+    ) -> ApiResult<(Value, bool)> {
+        apply::validate_field_manager(&opts.field_manager)?;
+        if opts.field_manager.is_empty() {
+            return Err(ApiError::invalid(
+                "PatchOptions.meta.k8s.io",
+                "",
+                "fieldManager: Required value: is required for apply patch",
+            ));
+        }
+        let mut config = config;
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the applied configuration must be an object",
+            ));
+        }
+        for key in ["apiVersion", "kind"] {
+            if str_at(&config, &format!("/{key}")).is_none() {
+                return Err(ApiError::bad_request(format!(
+                    "the applied configuration must set {key}"
+                )));
+            }
+        }
+        stamp_type(rt, &mut config)?;
+        for (field, expected) in [("name", name), ("namespace", namespace)] {
+            if field == "namespace" && !rt.namespaced {
+                continue;
+            }
+            if let Some(given) = str_at(&config, &format!("/metadata/{field}"))
+                && given != expected
+            {
+                return Err(ApiError::bad_request(format!(
+                    "the {field} of the object ({given}) does not match the {field} on the URL ({expected})"
+                )));
+            }
+        }
+        let precondition = str_at(&config, "/metadata/resourceVersion").map(str::to_owned);
+        let ctx = track_context(rt, defaults::now_rfc3339());
+        let update = || {
+            self.update(rt, namespace, name, false, None, |old| {
+                if let Some(want) = &precondition
+                    && Some(want.as_str()) != str_at(old, "/metadata/resourceVersion")
+                {
+                    return Err(ApiError::conflict(
+                        rt.plural,
+                        name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ));
+                }
+                apply::apply(old, &config, &opts.field_manager, opts.force, &ctx)
+            })
+        };
+        match update() {
+            Err(e) if e.code == 404 && e.reason == "NotFound" && precondition.is_none() => {
+                let mut obj = apply::apply(&json!({}), &config, &opts.field_manager, false, &ctx)?;
+                if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                    meta.insert("name".into(), json!(name));
+                }
+                match self.create_inner(rt, namespace, obj, false, None) {
+                    Ok(created) => Ok((created, true)),
+                    // Created meanwhile: apply to it.
+                    Err(e) if e.reason == "AlreadyExists" => update().map(|o| (o, false)),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|o| (o, false)),
+        }
     }
 
     /// Convenience: merge-patches `.status` with `{"status": status}`.
@@ -579,6 +753,7 @@ impl Store {
         namespace: &str,
         name: &str,
         status_only: bool,
+        tracking: Option<&WriteOptions>,
         make: impl FnOnce(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Value> {
         let idx = resource_index(rt)?;
@@ -663,6 +838,25 @@ impl Store {
                 }
             }
             set_rv(&mut new, old_rv.parse().unwrap_or(0));
+            if let Some(opts) = tracking {
+                let manager = opts.field_manager.clone().or_else(|| {
+                    apply::is_tracked(&old).then(|| {
+                        opts.fallback_manager
+                            .clone()
+                            .unwrap_or_else(|| "unknown".into())
+                    })
+                });
+                if let Some(manager) = manager {
+                    let subresource = status_only.then_some("status");
+                    apply::track_update(
+                        Some(&old),
+                        &mut new,
+                        &manager,
+                        subresource,
+                        &track_context(rt, defaults::now_rfc3339()),
+                    );
+                }
+            }
             if new == *old {
                 // no-op writes do not bump the revision, like the real server
                 return Ok(new);
@@ -1217,6 +1411,123 @@ mod tests {
                 .unwrap()
                 .0
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn server_side_apply_and_tracked_writes() {
+        use crate::apiserver::resources::LEASES;
+        let s = Store::default();
+        let opts = |manager: &str, force: bool| ApplyOptions {
+            field_manager: manager.into(),
+            force,
+        };
+        let config = |holder: &str| {
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                   "metadata": {"name": "l"}, "spec": {"holderIdentity": holder}})
+        };
+        let (created, new) = s
+            .apply(&LEASES, "default", "l", config("a"), &opts("a", false))
+            .unwrap();
+        assert!(new);
+        assert_eq!(created["metadata"]["namespace"], "default");
+        assert!(created["metadata"]["uid"].is_string());
+        let rv = s.resource_version();
+        // Re-applying the same is a no-op: no new revision.
+        let (again, new) = s
+            .apply(&LEASES, "default", "l", config("a"), &opts("a", false))
+            .unwrap();
+        assert!(!new);
+        assert_eq!(s.resource_version(), rv);
+        assert_eq!(again, created);
+        assert_eq!(
+            s.apply(&LEASES, "default", "l", config("b"), &opts("b", false))
+                .unwrap_err()
+                .reason,
+            "Conflict"
+        );
+        // A stale resourceVersion in the configuration is a precondition.
+        let mut stale = config("a");
+        stale["metadata"]["resourceVersion"] = json!("1");
+        assert_eq!(
+            s.apply(&LEASES, "default", "l", stale, &opts("a", false))
+                .unwrap_err()
+                .code,
+            409
+        );
+        // Bad requests.
+        let mut kindless = config("a");
+        kindless.as_object_mut().unwrap().remove("kind");
+        assert_eq!(
+            s.apply(&LEASES, "default", "l", kindless, &opts("a", false))
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            s.apply(&LEASES, "default", "other", config("a"), &opts("a", false))
+                .unwrap_err()
+                .code,
+            400
+        );
+        assert_eq!(
+            s.apply(&LEASES, "default", "l", config("a"), &opts("", false))
+                .unwrap_err()
+                .code,
+            422
+        );
+        // Once tracked, a write without fieldManager is owned by the fallback manager.
+        let written = s
+            .patch_with(
+                &LEASES,
+                "default",
+                "l",
+                &Patch::Merge(json!({"spec": {"holderIdentity": "k"}})),
+                &WriteOptions {
+                    field_manager: None,
+                    fallback_manager: Some("kubectl".into()),
+                },
+            )
+            .unwrap();
+        let managers: Vec<&str> = written["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["manager"].as_str().unwrap())
+            .collect();
+        assert_eq!(managers, ["kubectl"], "the holder moved to kubectl");
+        // Untracked objects stay untracked without a fieldManager...
+        let pod = s.create(&PODS, "default", pod("p")).unwrap();
+        assert!(pod["metadata"].get("managedFields").is_none());
+        let patched = s
+            .patch(
+                &PODS,
+                "default",
+                "p",
+                &Patch::Merge(json!({"metadata": {"labels": {"y": "1"}}})),
+            )
+            .unwrap();
+        assert!(patched["metadata"].get("managedFields").is_none());
+        // ... and are tracked with one, status writes per subresource.
+        let status = s
+            .patch_status_with(
+                &PODS,
+                "default",
+                "p",
+                &Patch::Merge(json!({"status": {"phase": "Running"}})),
+                &WriteOptions {
+                    field_manager: Some("kubelet".into()),
+                    fallback_manager: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            status["metadata"]["managedFields"][0]["subresource"],
+            "status"
+        );
+        assert_eq!(
+            status["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:status": {"f:phase": {}}})
         );
     }
 
