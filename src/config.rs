@@ -51,6 +51,9 @@ pub struct ProbesConfig {
     pub correlation_slack: Duration,
     /// Targets probed continuously (`[[probes.targets]]`).
     pub targets: Vec<StaticTarget>,
+    /// Probe only on the replica holding a Kubernetes Lease (the alternative to sharding
+    /// the probe targets).
+    pub leader_election: LeaderElectionConfig,
 }
 
 impl Default for ProbesConfig {
@@ -61,7 +64,177 @@ impl Default for ProbesConfig {
             node_address: IpAddr::from([127, 0, 0, 1]),
             correlation_slack: Duration::from_secs(2),
             targets: Vec::new(),
+            leader_election: LeaderElectionConfig::default(),
         }
+    }
+}
+
+/// `[probes.leader_election]`: of all replicas, only the holder of the Lease
+/// `namespace/lease_name` probes; another takes over within `lease_duration` when it dies,
+/// at once when it stops (it releases the Lease on SIGTERM).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaderElectionConfig {
+    pub enabled: bool,
+    /// Name of the coordination.k8s.io/v1 Lease the replicas compete for.
+    pub lease_name: String,
+    /// Namespace of the Lease; default: the environment variable POD_NAMESPACE. Required
+    /// (from one or the other) when enabled: never a silent default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// This replica's name in the Lease (holderIdentity); unique per replica. Default: the
+    /// environment variable POD_NAME, else HOSTNAME.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// How long the Lease stays valid after its holder's last renewal: a replica that dies
+    /// without releasing it is replaced within this time. Whole seconds, 2 s to 1 h.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub lease_duration: Duration,
+    /// The holder renews this long before the Lease would expire; also the clock skew
+    /// between nodes that is tolerated. Whole seconds, at least 1 s, below lease_duration.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub grace: Duration,
+    /// How often a standby looks for a released Lease, the holder confirms its renewals,
+    /// and a failed Lease request is retried. 100 ms up to a quarter of grace.
+    #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
+    pub retry_period: Duration,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        LeaderElectionConfig {
+            enabled: false,
+            lease_name: "selfheal-exporter-prober".into(),
+            namespace: None,
+            identity: None,
+            lease_duration: Duration::from_secs(15),
+            grace: Duration::from_secs(5),
+            retry_period: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Longest identity: the Lease's field manager, `kube-lease-manager-<identity>`, may
+/// have at most 128 characters.
+const MAX_IDENTITY: usize = 128 - "kube-lease-manager-".len();
+
+impl LeaderElectionConfig {
+    /// Fills `namespace` and `identity` from the environment (`var`) where the config left
+    /// them out, and checks every setting. Nothing to do when disabled.
+    fn resolve(
+        &mut self,
+        sharding: &Sharding,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let key = |name: &str| format!("probes.leader_election.{name}");
+        let invalid = |name: &str, value: String, reason: &str| ConfigError::Value {
+            key: key(name),
+            value,
+            reason: reason.into(),
+        };
+        if sharding.total_shards > 1 {
+            return Err(invalid(
+                "enabled",
+                "true".into(),
+                &format!(
+                    "cannot be combined with sharding.total_shards = {}: sharded replicas \
+                     already probe only the targets of their shard; use one or the other",
+                    sharding.total_shards
+                ),
+            ));
+        }
+        let var = |name: &str| var(name).filter(|value| !value.trim().is_empty());
+        if self.namespace.is_none() {
+            self.namespace = var("POD_NAMESPACE");
+        }
+        let Some(namespace) = &self.namespace else {
+            return Err(invalid(
+                "namespace",
+                "(unset)".into(),
+                "needed when probes.leader_election.enabled = true: set it, or the \
+                 environment variable POD_NAMESPACE (the downward API's metadata.namespace)",
+            ));
+        };
+        if !is_dns_label(namespace) {
+            return Err(invalid(
+                "namespace",
+                format!("{namespace:?}"),
+                "not a valid namespace name (RFC 1123 label)",
+            ));
+        }
+        if self.identity.is_none() {
+            self.identity = var("POD_NAME").or_else(|| var("HOSTNAME"));
+        }
+        let Some(identity) = &self.identity else {
+            return Err(invalid(
+                "identity",
+                "(unset)".into(),
+                "needed when probes.leader_election.enabled = true: set it, or the \
+                 environment variable POD_NAME (the downward API's metadata.name) or HOSTNAME",
+            ));
+        };
+        if identity.trim().is_empty()
+            || identity.chars().count() > MAX_IDENTITY
+            || identity.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                "identity",
+                format!("{identity:?}"),
+                &format!("must be 1 to {MAX_IDENTITY} printable characters"),
+            ));
+        }
+        if !is_dns_subdomain(&self.lease_name) {
+            return Err(invalid(
+                "lease_name",
+                format!("{:?}", self.lease_name),
+                "not a valid object name (RFC 1123 subdomain)",
+            ));
+        }
+        let shown = |d: Duration| {
+            format!(
+                "{:?}",
+                jiff::SignedDuration::try_from(d).unwrap_or_default()
+            )
+        };
+        let whole = |d: Duration| d.subsec_nanos() == 0;
+        let duration = self.lease_duration;
+        if !whole(duration)
+            || duration < Duration::from_secs(2)
+            || duration > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "lease_duration",
+                shown(duration),
+                "must be whole seconds, from 2s to 1h (Leases count in seconds)",
+            ));
+        }
+        let grace = self.grace;
+        if !whole(grace) || grace.is_zero() || grace >= duration {
+            return Err(invalid(
+                "grace",
+                shown(grace),
+                &format!(
+                    "must be whole seconds, at least 1s and below probes.leader_election.lease_duration ({})",
+                    shown(duration)
+                ),
+            ));
+        }
+        let retry = self.retry_period;
+        if retry < Duration::from_millis(100) || retry > grace / 4 {
+            return Err(invalid(
+                "retry_period",
+                shown(retry),
+                &format!(
+                    "must be from 100ms to a quarter of probes.leader_election.grace ({}): the \
+                     holder confirms each renewal, or retries it, within half of grace",
+                    shown(grace)
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -203,10 +376,15 @@ impl Config {
             .filter(|key| !is_service_link(key.as_str()))
             .split("__");
         let figment = figment.merge(env).merge(Serialized::defaults(flags));
-        let config: Config = figment
+        let mut config: Config = figment
             .extract()
             .map_err(|error| ConfigError::Invalid(one_line(&error, &figment)))?;
         config.validate()?;
+        let sharding = config.sharding;
+        config
+            .probes
+            .leader_election
+            .resolve(&sharding, |name| std::env::var(name).ok())?;
         Ok(config)
     }
 
@@ -426,6 +604,11 @@ fn is_dns_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+}
+
+/// RFC 1123 subdomain (most object names): dot-separated labels, at most 253 characters.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
 /// A light syntax check of a label selector, so that a typo fails at start-up rather
@@ -648,6 +831,167 @@ mod tests {
             assert_eq!(specs[0].interval, Duration::from_millis(250));
             assert_eq!(specs[0].timeout, Duration::from_secs(1));
             assert!(specs[0].expect_status.accepts(204));
+            Ok(())
+        });
+    }
+
+    fn leader_config(toml_text: &str) -> LeaderElectionConfig {
+        toml::from_str::<ProbesConfig>(toml_text)
+            .expect("probes section")
+            .leader_election
+    }
+
+    fn resolve(
+        config: &mut LeaderElectionConfig,
+        total_shards: u32,
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let sharding = Sharding {
+            shard: 0,
+            total_shards,
+        };
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        config
+            .resolve(&sharding, |name| {
+                env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn leader_election_is_off_by_default_and_takes_the_pod_from_the_environment() {
+        let mut off = LeaderElectionConfig::default();
+        assert!(!off.enabled);
+        assert_eq!(off.lease_name, "selfheal-exporter-prober");
+        assert_eq!(off.lease_duration, Duration::from_secs(15));
+        resolve(&mut off, 3, &[]).expect("disabled: nothing to check");
+        assert_eq!(off.namespace, None);
+
+        let mut on = leader_config("[leader_election]\nenabled = true\n");
+        resolve(
+            &mut on,
+            1,
+            &[
+                ("POD_NAMESPACE", "monitoring"),
+                ("POD_NAME", "exp-5f-x"),
+                ("HOSTNAME", "h"),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(on.namespace.as_deref(), Some("monitoring"));
+        assert_eq!(on.identity.as_deref(), Some("exp-5f-x"));
+        let mut host = leader_config("[leader_election]\nenabled = true\nnamespace = \"ns\"\n");
+        resolve(
+            &mut host,
+            1,
+            &[("POD_NAMESPACE", "other"), ("HOSTNAME", "h")],
+        )
+        .expect("valid");
+        assert_eq!(
+            (host.namespace.as_deref(), host.identity.as_deref()),
+            (Some("ns"), Some("h")),
+            "the config wins over POD_NAMESPACE; HOSTNAME stands in for POD_NAME"
+        );
+    }
+
+    #[test]
+    fn leader_election_errors_name_their_keys() {
+        let enabled = "[leader_election]\nenabled = true\n";
+        let pod = [("POD_NAMESPACE", "ns"), ("POD_NAME", "p")];
+        type Case<'a> = (String, &'a [(&'a str, &'a str)], u32, &'a str);
+        let cases: [Case; 9] = [
+            (
+                enabled.into(),
+                &[("POD_NAME", "p")],
+                1,
+                "probes.leader_election.namespace = (unset)",
+            ),
+            (
+                enabled.into(),
+                &[("POD_NAMESPACE", "ns"), ("HOSTNAME", " ")],
+                1,
+                "probes.leader_election.identity = (unset)",
+            ),
+            (
+                enabled.into(),
+                &pod,
+                2,
+                "probes.leader_election.enabled = true: cannot be combined with sharding.total_shards = 2",
+            ),
+            (
+                format!("{enabled}namespace = \"Bad_NS\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.namespace = \"Bad_NS\"",
+            ),
+            (
+                format!("{enabled}lease_name = \"-x\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.lease_name",
+            ),
+            (
+                format!("{enabled}lease_duration = \"1500ms\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.lease_duration = 1s 500ms",
+            ),
+            (
+                format!("{enabled}grace = \"15s\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.grace = 15s",
+            ),
+            (
+                format!("{enabled}grace = \"0s\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.grace = 0s",
+            ),
+            (
+                format!("{enabled}retry_period = \"3s\"\n"),
+                &pod,
+                1,
+                "probes.leader_election.retry_period = 3s",
+            ),
+        ];
+        for (text, env, total_shards, expected) in cases {
+            let mut config = leader_config(&text);
+            let error = resolve(&mut config, total_shards, env).expect_err(expected);
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    #[test]
+    fn leader_election_loads_from_the_environment_and_prints_what_it_resolved() {
+        Jail::expect_with(|jail| {
+            jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__ENABLED", "true");
+            jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__LEASE_DURATION", "3s");
+            jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__GRACE", "1s");
+            jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__RETRY_PERIOD", "200ms");
+            jail.set_env("POD_NAMESPACE", "selfheal-system");
+            jail.set_env("POD_NAME", "selfheal-exporter-7d9-abcde");
+            let config = load(jail, None, &FlagOverrides::default())?;
+            let election = &config.probes.leader_election;
+            assert!(election.enabled);
+            assert_eq!(election.lease_duration, Duration::from_secs(3));
+            assert_eq!(election.namespace.as_deref(), Some("selfheal-system"));
+            let printed = config.to_toml();
+            assert!(
+                printed.contains("identity = \"selfheal-exporter-7d9-abcde\""),
+                "{printed}"
+            );
+            jail.set_env("SELFHEAL_SHARDING__TOTAL_SHARDS", "2");
+            let error = load(jail, None, &FlagOverrides::default()).expect_err("with sharding");
+            assert!(
+                error.contains("probes.leader_election.enabled")
+                    && error.contains("sharding.total_shards"),
+                "{error}"
+            );
             Ok(())
         });
     }

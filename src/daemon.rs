@@ -14,6 +14,7 @@ use selfheal_exporter::client::kube_config;
 use selfheal_exporter::config::Config;
 use selfheal_exporter::health::Health;
 use selfheal_exporter::incidents::IncidentLog;
+use selfheal_exporter::leader::{self, LeaderMetrics, LeaderSettings};
 use selfheal_exporter::metrics::{Metrics, register_build_info};
 use selfheal_exporter::observer::{Observer, ObserverConfig};
 use selfheal_exporter::prober::Prober;
@@ -64,6 +65,10 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     );
     let watch_metrics = WatchMetrics::register(&mut registry);
     let probe_metrics = ProbeMetrics::register(&mut registry, &guard);
+    let leader_election = LeaderSettings::from_config(&config.probes.leader_election);
+    let leader_metrics = leader_election
+        .as_ref()
+        .map(|_| LeaderMetrics::register(&mut registry));
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
     let prober = match config
@@ -117,6 +122,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         shard = config.sharding.shard,
         total_shards = config.sharding.total_shards,
+        leader_election = config.probes.leader_election.enabled,
         "selfheal-exporter started"
     );
     tokio::spawn(check_api_server(client.clone(), api_url));
@@ -138,6 +144,16 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     } else {
         drop(target_changes);
     }
+    // With leader election, the prober probes only while this replica holds the Lease;
+    // on shutdown the election stops publishing leadership, then releases the Lease.
+    let (prober, election) = match (leader_election, leader_metrics) {
+        (Some(settings), Some(metrics)) => {
+            let (leadership, election) =
+                leader::start(client.clone(), settings, metrics, stopped.clone());
+            (prober.with_leadership(leadership), Some(election))
+        }
+        _ => (prober, None),
+    };
     let probes = tokio::spawn(prober.run(changes, stopped.clone()));
     let watches = tokio::spawn(
         WatchLoop {
@@ -171,6 +187,9 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
         let _ = watches.await;
         let _ = probes.await;
+        if let Some(election) = election {
+            let _ = election.await;
+        }
         let _ = server.await;
     });
     if drained.await.is_err() {

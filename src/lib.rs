@@ -10,6 +10,7 @@ pub mod config;
 pub mod health;
 pub mod incidents;
 pub mod kube_types;
+pub mod leader;
 pub mod metrics;
 pub mod observer;
 pub mod prober;

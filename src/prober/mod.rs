@@ -8,6 +8,13 @@
 //! per-target [`OutageTracker`]s and updates the metrics. Targets come and go at run time
 //! ([`TargetChange`]: Service discovery); a removed target's series stay for the
 //! retention, like a workload's.
+//!
+//! With leader election ([`Prober::with_leadership`], see `crate::leader`) the prober keeps
+//! its targets but runs their schedulers only while this replica holds the probe Lease.
+//! On gaining it every target starts with a fresh tracker, so the time nobody probed is a
+//! gap in the series, never downtime (failures before a target's first success are no
+//! outage). On losing it every scheduler stops and every probe series goes at once: the
+//! new holder exports them now.
 
 pub mod discovery;
 pub mod http;
@@ -54,11 +61,39 @@ struct Target {
     spec: Arc<ProbeSpec>,
     labels: TargetLabels,
     tracker: OutageTracker,
-    /// Distinguishes this incarnation's results from a replaced one's still in flight.
+    /// Distinguishes this incarnation's results from a replaced or stopped one's still in
+    /// flight.
     generation: u64,
-    /// Stops this target's scheduler.
-    stop: watch::Sender<bool>,
+    /// Stops this target's scheduler; `None` while not probing (not the leader).
+    stop: Option<watch::Sender<bool>>,
+    client: reqwest::Client,
     causes: HashSet<&'static str>,
+}
+
+impl Target {
+    /// Starts probing with a fresh tracker, as a new generation.
+    fn start(&mut self, generation: u64, reports: &mpsc::Sender<Report>) {
+        self.halt();
+        self.generation = generation;
+        self.tracker = OutageTracker::new(self.spec.failure_threshold);
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(schedule(
+            self.spec.clone(),
+            generation,
+            self.client.clone(),
+            reports.clone(),
+            stopped,
+        ));
+        self.stop = Some(stop);
+    }
+
+    /// Stops the scheduler (results still in flight are ignored: their generation is old
+    /// once the target starts again or is replaced).
+    fn halt(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
 }
 
 /// A probe's result on its way to the tracker.
@@ -82,6 +117,10 @@ pub struct Prober {
     reports: mpsc::Sender<Report>,
     incoming: mpsc::Receiver<Report>,
     sharding: Sharding,
+    /// Leader election: probe only while this is true (`None`: always probe).
+    leadership: Option<watch::Receiver<bool>>,
+    /// The schedulers run.
+    probing: bool,
 }
 
 impl Prober {
@@ -105,11 +144,61 @@ impl Prober {
             reports,
             incoming,
             sharding,
+            leadership: None,
+            probing: true,
         };
         for spec in specs {
             prober.upsert(spec)?;
         }
         Ok(prober)
+    }
+
+    /// Probes only while `leadership` is true (this replica holds the probe Lease).
+    pub fn with_leadership(mut self, leadership: watch::Receiver<bool>) -> Prober {
+        let leader = *leadership.borrow();
+        self.leadership = Some(leadership);
+        if !leader {
+            // Nothing probed yet: just do not start.
+            self.probing = false;
+            for target in self.targets.values_mut() {
+                target.halt();
+                self.next_generation += 1;
+                target.generation = self.next_generation;
+            }
+        }
+        self
+    }
+
+    /// Starts or stops every scheduler (see the module docs).
+    fn set_probing(&mut self, probing: bool) {
+        if probing == self.probing {
+            return;
+        }
+        self.probing = probing;
+        if probing {
+            for target in self.targets.values_mut() {
+                self.next_generation += 1;
+                target.start(self.next_generation, &self.reports);
+            }
+            tracing::info!(targets = self.targets.len(), "probe leader: probing");
+            return;
+        }
+        for target in self.targets.values_mut() {
+            target.halt();
+            // Results still in flight belong to the stopped incarnation.
+            self.next_generation += 1;
+            target.generation = self.next_generation;
+            let causes: Vec<&'static str> = target.causes.drain().collect();
+            self.metrics.remove(&target.labels, &causes);
+        }
+        for (labels, causes, _) in self.removed.drain(..) {
+            let causes: Vec<&'static str> = causes.into_iter().collect();
+            self.metrics.remove(&labels, &causes);
+        }
+        tracing::info!(
+            targets = self.targets.len(),
+            "not the probe leader: probing stopped, probe series removed"
+        );
     }
 
     /// Probes until `shutdown` turns true, applying `changes` as they come.
@@ -130,10 +219,18 @@ impl Prober {
                 },
                 Some(report) = self.incoming.recv() => self.apply(report),
                 _ = ticker.tick() => self.expire(Instant::now()),
+                leader = leadership_changed(&mut self.leadership) => match leader {
+                    Some(leader) => self.set_probing(leader),
+                    None => {
+                        // The election ended (shutdown): stop probing for good.
+                        self.leadership = None;
+                        self.set_probing(false);
+                    }
+                },
             }
         }
-        for target in self.targets.values() {
-            let _ = target.stop.send(true);
+        for target in self.targets.values_mut() {
+            target.halt();
         }
     }
 
@@ -146,11 +243,14 @@ impl Prober {
                 }
             }
             TargetChange::Remove(name) => {
-                if let Some(target) = self.targets.remove(&name) {
-                    let _ = target.stop.send(true);
+                if let Some(mut target) = self.targets.remove(&name) {
+                    target.halt();
                     tracing::info!(target = %name, "probe target removed");
-                    self.removed
-                        .push((target.labels, target.causes, Instant::now()));
+                    // Without probing there are no series to keep.
+                    if self.probing {
+                        self.removed
+                            .push((target.labels, target.causes, Instant::now()));
+                    }
                 }
             }
         }
@@ -173,33 +273,28 @@ impl Prober {
         let labels = TargetLabels::of(&spec);
         self.removed.retain(|(removed, _, _)| removed != &labels);
         let mut causes = HashSet::new();
-        if let Some(old) = self.targets.remove(&spec.name) {
-            let _ = old.stop.send(true);
+        if let Some(mut old) = self.targets.remove(&spec.name) {
+            old.halt();
             causes = old.causes;
         }
-        self.next_generation += 1;
-        let generation = self.next_generation;
         let spec = Arc::new(spec);
-        let (stop, stopped) = watch::channel(false);
-        tokio::spawn(schedule(
-            spec.clone(),
-            generation,
+        let mut target = Target {
+            labels,
+            tracker: OutageTracker::new(spec.failure_threshold),
+            generation: 0,
+            stop: None,
             client,
-            self.reports.clone(),
-            stopped,
-        ));
-        tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probing");
-        self.targets.insert(
-            spec.name.clone(),
-            Target {
-                labels,
-                tracker: OutageTracker::new(spec.failure_threshold),
-                generation,
-                stop,
-                causes,
-                spec,
-            },
-        );
+            causes,
+            spec: spec.clone(),
+        };
+        if self.probing {
+            self.next_generation += 1;
+            target.start(self.next_generation, &self.reports);
+            tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probing");
+        } else {
+            tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probe target known; probed while holding the probe Lease");
+        }
+        self.targets.insert(spec.name.clone(), target);
         Ok(())
     }
 
@@ -289,6 +384,18 @@ impl Prober {
     }
 }
 
+/// The next leadership value; `None` when the election has ended. Never resolves
+/// without leader election.
+async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match leadership {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(*receiver.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 /// The prober's time origin: monotonic for measuring, wall-clock for reporting.
 #[derive(Clone, Copy)]
 struct Clock {
@@ -336,5 +443,121 @@ async fn schedule(
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cardinality::CardinalityGuard;
+    use crate::incidents::IncidentLog;
+    use prometheus_client::registry::Registry;
+    use target::StaticTarget;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A local HTTP server answering every request `200 ok`.
+    async fn serve_ok() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    let _ = socket.read(&mut buf).await;
+                    let _ = socket
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        });
+        port
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text
+    }
+
+    /// The value of `selfheal_probe_up` for the target `api`, if exported.
+    fn up(text: &str) -> Option<&str> {
+        text.lines()
+            .find(|line| line.starts_with("selfheal_probe_up{target=\"api\""))
+            .and_then(|line| line.rsplit(' ').next())
+    }
+
+    async fn wait_until(registry: &Registry, what: &str, done: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = exposition(registry);
+            if done(&text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn probes_only_while_leading_and_drops_its_series_when_not() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = serve_ok().await;
+        let spec = toml::from_str::<StaticTarget>(&format!(
+            "name = \"api\"\nurl = \"http://127.0.0.1:{port}/\"\ninterval = \"100ms\"\n"
+        ))
+        .expect("target")
+        .compile()
+        .expect("valid");
+        let mut registry = Registry::with_prefix("selfheal");
+        let guard = CardinalityGuard::register(&mut registry, 1000);
+        let metrics = ProbeMetrics::register(&mut registry, &guard);
+        let incidents = IncidentLog::new(10, Duration::from_secs(2)).shared();
+        let (lead, leadership) = watch::channel(false);
+        let prober = Prober::new(
+            vec![spec],
+            metrics,
+            incidents,
+            Duration::from_secs(3600),
+            Sharding::default(),
+        )
+        .expect("prober")
+        .with_leadership(leadership);
+        let (_changes_tx, changes) = mpsc::channel(1);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(prober.run(changes, stopped));
+        let probed = |text: &str| text.contains("selfheal_probe_requests_total{target=\"api\"");
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!probed(&exposition(&registry)), "a standby probes nothing");
+
+        lead.send_replace(true);
+        wait_until(&registry, "probes as the leader", |text| {
+            up(text) == Some("1")
+        })
+        .await;
+
+        lead.send_replace(false);
+        wait_until(&registry, "series gone with the leadership", |text| {
+            !probed(text) && up(text).is_none()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(
+            !probed(&exposition(&registry)),
+            "results still in flight do not bring the series back"
+        );
+
+        // Leading again: fresh series, from zero.
+        lead.send_replace(true);
+        wait_until(&registry, "probes again", |text| up(text) == Some("1")).await;
+        let _ = stop.send(true);
+        task.await.expect("prober ends");
     }
 }

@@ -187,6 +187,22 @@ impl Daemon {
     }
 
     pub fn spawn(kubeconfig: &std::path::Path, dir: &std::path::Path, config: &str) -> Daemon {
+        Daemon::spawn_with_env(kubeconfig, dir, config, &[])
+    }
+
+    /// [`start`](Self::start) with extra environment variables (e.g. POD_NAME).
+    pub async fn start_with_env(cluster: &Cluster, config: &str, env: &[(&str, &str)]) -> Daemon {
+        let daemon = Daemon::spawn_with_env(&cluster.kubeconfig, cluster.dir.path(), config, env);
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    pub fn spawn_with_env(
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let port = free_port();
         let config_path = dir.join(format!("config-{port}.toml"));
         std::fs::write(&config_path, config).expect("config written");
@@ -200,6 +216,7 @@ impl Daemon {
             .arg(&config_path)
             .env("RUST_LOG", "info,selfheal_exporter=debug")
             .env_remove("SELFHEAL_CONFIG")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("log file"))
             .spawn()
@@ -253,6 +270,12 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGKILL: dies at once, releasing nothing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (up to 30 s) for the exit.
