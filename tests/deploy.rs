@@ -27,6 +27,7 @@ const REFRESH_HINT: &str = "refresh the copies with `SELFHEAL_REFRESH_DEPLOY_COP
 const BASE: &str = "deploy/kustomize/base";
 const OPERATOR: &str = "deploy/kustomize/overlays/prometheus-operator";
 const SHARDED: &str = "deploy/kustomize/overlays/sharded";
+const LEADER_ELECTED: &str = "deploy/kustomize/overlays/leader-elected";
 const CHART: &str = "deploy/helm/selfheal-exporter";
 const RULES_SOURCE: &str = "deploy/rules/selfheal-rules.yaml";
 const DASHBOARDS_SOURCE: &str = "grafana/dashboards";
@@ -451,11 +452,12 @@ fn helm_in(dir: &Path, args: &[&str]) -> Ran {
 }
 
 /// The chart's values files under test: the defaults and each ci/*-values.yaml.
-const HELM_VALUES: [Option<&str>; 4] = [
+const HELM_VALUES: [Option<&str>; 5] = [
     None,
     Some("ci/all-enabled-values.yaml"),
     Some("ci/namespaced-values.yaml"),
     Some("ci/sharded-values.yaml"),
+    Some("ci/leader-elected-values.yaml"),
 ];
 /// The values file that renders the sharded StatefulSet.
 const HELM_SHARDED: Option<&str> = HELM_VALUES[3];
@@ -515,6 +517,17 @@ fn sharded() -> Option<&'static Render> {
     .then(|| CELL.get_or_init(|| kustomize(SHARDED)))
 }
 
+fn leader_elected() -> Option<&'static Render> {
+    static CELL: OnceLock<Render> = OnceLock::new();
+    refresh_copies_if_asked();
+    tool(
+        "kubectl",
+        &["version", "--client"],
+        "render the Kustomize manifests",
+    )
+    .then(|| CELL.get_or_init(|| kustomize(LEADER_ELECTED)))
+}
+
 fn helm_installed() -> bool {
     tool(
         "helm",
@@ -524,7 +537,8 @@ fn helm_installed() -> bool {
 }
 
 fn chart(values: Option<&str>) -> Option<&'static Render> {
-    static CELLS: [OnceLock<Render>; 4] = [const { OnceLock::new() }; 4];
+    static CELLS: [OnceLock<Render>; HELM_VALUES.len()] =
+        [const { OnceLock::new() }; HELM_VALUES.len()];
     refresh_copies_if_asked();
     let index = HELM_VALUES
         .iter()
@@ -539,6 +553,7 @@ fn all_renders() -> Vec<&'static Render> {
         .into_iter()
         .chain(operator())
         .chain(sharded())
+        .chain(leader_elected())
         .collect();
     for values in HELM_VALUES {
         renders.extend(chart(values));
@@ -685,6 +700,117 @@ fn kustomize_sharded_overlay_renders() {
     );
 }
 
+/// The environment variables that switch leader election on, and what it needs from the
+/// downward API.
+const LEADER_ENV_PREFIX: &str = "SELFHEAL_PROBES__LEADER_ELECTION__";
+const DEFAULT_LEASE: &str = "selfheal-exporter-prober";
+
+/// The container's environment variable `name`, if set.
+fn env_var<'a>(workload: &'a Value, wanted: &str) -> Option<&'a Value> {
+    workload["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == wanted)
+}
+
+/// The workload's leader election: `Some(lease name)` when its container switches
+/// [probes.leader_election] on (SELFHEAL_PROBES__LEADER_ELECTION__ENABLED=true), after
+/// checking that POD_NAME and POD_NAMESPACE come from the downward API. `None` otherwise.
+fn leader_election_of(render: &Render, workload: &Value) -> Option<String> {
+    let enabled = env_var(workload, &format!("{LEADER_ENV_PREFIX}ENABLED"))?;
+    assert_eq!(enabled["value"], "true", "{}: {enabled}", render.what);
+    for (variable, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        assert_eq!(
+            env_var(workload, variable),
+            Some(&serde_json::json!({
+                "name": variable,
+                "valueFrom": {"fieldRef": {"fieldPath": field}}
+            })),
+            "{}: leader election takes {variable} from the pod's {field}",
+            render.what
+        );
+    }
+    Some(
+        env_var(workload, &format!("{LEADER_ENV_PREFIX}LEASE_NAME"))
+            .and_then(|v| v["value"].as_str())
+            .unwrap_or(DEFAULT_LEASE)
+            .to_owned(),
+    )
+}
+
+/// A workload's pod template without what leader election adds (its environment
+/// variables, POD_NAME, POD_NAMESPACE, and the anti-affinity that spreads the replicas).
+fn pod_template_without_leader_election(workload: &Value) -> Value {
+    let mut template = workload["spec"]["template"].clone();
+    if let Some(env) = template["spec"]["containers"][0]["env"].as_array_mut() {
+        env.retain(|v| {
+            let name = v["name"].as_str().unwrap_or("");
+            !name.starts_with(LEADER_ENV_PREFIX) && name != "POD_NAME" && name != "POD_NAMESPACE"
+        });
+    }
+    if let Some(spec) = template["spec"].as_object_mut() {
+        spec.remove("affinity");
+    }
+    template
+}
+
+#[test]
+fn kustomize_leader_elected_overlay_renders() {
+    let (Some(base), Some(elected)) = (base(), leader_elected()) else {
+        return;
+    };
+    // The base's objects plus the Lease's Role and RoleBinding.
+    let mut expected = kinds(base);
+    expected.insert("Role".into(), 1);
+    expected.insert("RoleBinding".into(), 1);
+    assert_eq!(kinds(elected), expected, "{}", elected.text);
+    for object in &elected.objects {
+        if kind(object) != "Namespace" && !kind(object).starts_with("ClusterRole") {
+            assert_eq!(namespace(object), "selfheal-system", "{}", id(object));
+        }
+        assert_eq!(
+            str_of(object, "/metadata/labels/app.kubernetes.io~1part-of"),
+            "selfheal-exporter",
+            "{}: the base's common label",
+            id(object)
+        );
+    }
+    let deployment = elected.workload();
+    assert_eq!(kind(deployment), "Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2, "a leader and a standby");
+    assert_eq!(
+        leader_election_of(elected, deployment).as_deref(),
+        Some(DEFAULT_LEASE)
+    );
+    // Everything else as in the base: selector, rollout strategy, the pod template apart
+    // from leader election's environment and the anti-affinity.
+    let original = base.workload();
+    for key in ["selector", "strategy", "revisionHistoryLimit"] {
+        assert_eq!(deployment["spec"][key], original["spec"][key], "spec.{key}");
+    }
+    if let Some(difference) = first_difference(
+        &pod_template_without_leader_election(deployment),
+        &pod_template_without_leader_election(original),
+        "template",
+    ) {
+        panic!(
+            "{LEADER_ELECTED}: the pod template must equal the base's apart from leader \
+             election's environment and affinity ({difference})"
+        );
+    }
+    // The replicas prefer different nodes: a standby on the leader's node dies with it.
+    let term = &deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        [0]["podAffinityTerm"];
+    assert_eq!(term["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(
+        term["labelSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 2. Kubernetes schemas, and the structure of the prometheus-operator objects
 // ---------------------------------------------------------------------------------------
@@ -737,6 +863,7 @@ fn kustomize_manifests_match_the_kubernetes_schemas() {
         .into_iter()
         .chain(operator())
         .chain(sharded())
+        .chain(leader_elected())
         .collect();
     if renders.is_empty()
         || !tool(
@@ -1137,6 +1264,12 @@ fn helm_chart_lints_and_renders_with_every_values_file() {
             )) && !text.contains("<no value>"),
             "NOTES.txt (values: {values:?}):\n{text}"
         );
+        let elected = values.is_some_and(|v| v.contains("leader-elected"));
+        assert_eq!(
+            text.contains("kubectl -n default get lease selfheal-exporter-prober"),
+            elected,
+            "NOTES.txt (values: {values:?}) names the probe Lease with leader election:\n{text}"
+        );
     }
     // The chart refuses what would break the daemon or the pod.
     for (set, expected) in [
@@ -1146,6 +1279,16 @@ fn helm_chart_lints_and_renders_with_every_values_file() {
         // Unsharded replicas would each export every counter (sums double-count) and
         // probe every target.
         ("replicas=2", "replicas=2 needs sharding.enabled=true"),
+        // Sharded pods probe their own shard's targets; the daemon refuses both at once.
+        (
+            "leaderElection.enabled=true,sharding.enabled=true",
+            "cannot be combined",
+        ),
+        // Leader election comes from leaderElection.* (with its RBAC and environment).
+        (
+            "leaderElection.enabled=true,config.probes.leader_election.enabled=true",
+            "set leaderElection.* instead",
+        ),
         ("replicas=0,sharding.enabled=true", "at least one"),
         // Sharding comes from replicas/sharding.enabled (the flags), not the config.
         (
@@ -1321,15 +1464,20 @@ fn helm_chart_is_consistent_without_helm() {
                 &found[1]
             );
         }
-        // RBAC, textually (the rendered check is in rbac_grants_read_access_only).
+        // RBAC, textually (the rendered check is in rbac_grants_read_access_only): read
+        // only, but for the Lease of leader election.
+        let allowed: &[&str] = if file == "leader-election-rbac.yaml" {
+            &[r#"verbs: ["create"]"#, r#"verbs: ["get", "patch"]"#]
+        } else {
+            &[r#"verbs: ["get", "list", "watch"]"#]
+        };
         for line in text
             .lines()
             .filter(|l| l.trim_start().starts_with("verbs:"))
         {
-            assert_eq!(
-                line.trim(),
-                r#"verbs: ["get", "list", "watch"]"#,
-                "{file}: only get/list/watch"
+            assert!(
+                allowed.contains(&line.trim()),
+                "{file}: {line}: only {allowed:?}"
             );
         }
     }
@@ -1338,6 +1486,7 @@ fn helm_chart_is_consistent_without_helm() {
         "NOTES.txt",
         "serviceaccount.yaml",
         "rbac.yaml",
+        "leader-election-rbac.yaml",
         "configmap.yaml",
         "deployment.yaml",
         "service.yaml",
@@ -1370,15 +1519,27 @@ fn helm_chart_is_consistent_without_helm() {
 // 4. RBAC: read-only, on exactly what the exporter observes
 // ---------------------------------------------------------------------------------------
 
-type Grant = (String, String, String); // (API group, resource, verb)
+/// (API group, resource, verb, resource name or "" for any).
+type Grant = (String, String, String, String);
+
+fn is_lease_rule(rule: &Value) -> bool {
+    rule["apiGroups"] == serde_json::json!(["coordination.k8s.io"])
+        && rule["resources"] == serde_json::json!(["leases"])
+}
 
 fn grants(role: &Value, what: &str) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for rule in role["rules"].as_array().expect("rules") {
+        // resourceNames only narrow the Lease rule; nonResourceURLs never appear.
+        let allowed: &[&str] = if is_lease_rule(rule) {
+            &["apiGroups", "resources", "verbs", "resourceNames"]
+        } else {
+            &["apiGroups", "resources", "verbs"]
+        };
         assert_keys_within(
             rule,
-            &["apiGroups", "resources", "verbs"],
-            &format!("{what}: no resourceNames / nonResourceURLs"),
+            allowed,
+            &format!("{what}: no resourceNames (but on the Lease) / nonResourceURLs"),
         );
         let list = |key: &str| -> Vec<String> {
             rule[key]
@@ -1388,6 +1549,10 @@ fn grants(role: &Value, what: &str) -> BTreeSet<Grant> {
                 .map(|v| v.as_str().expect("string").to_owned())
                 .collect()
         };
+        let names = match rule.get("resourceNames") {
+            Some(_) => list("resourceNames"),
+            None => vec![String::new()],
+        };
         for group in list("apiGroups") {
             for resource in list("resources") {
                 for verb in list("verbs") {
@@ -1395,7 +1560,9 @@ fn grants(role: &Value, what: &str) -> BTreeSet<Grant> {
                         group != "*" && resource != "*" && verb != "*",
                         "{what}: no wildcards"
                     );
-                    out.insert((group.clone(), resource.clone(), verb));
+                    for name in &names {
+                        out.insert((group.clone(), resource.clone(), verb.clone(), name.clone()));
+                    }
                 }
             }
         }
@@ -1407,9 +1574,37 @@ fn read_grants(resources: &[(&str, &str)]) -> BTreeSet<Grant> {
     resources
         .iter()
         .flat_map(|(group, resource)| {
-            READ_VERBS.map(|verb| (group.to_string(), resource.to_string(), verb.to_string()))
+            READ_VERBS.map(|verb| {
+                (
+                    group.to_string(),
+                    resource.to_string(),
+                    verb.to_string(),
+                    String::new(),
+                )
+            })
         })
         .collect()
+}
+
+/// What leader election may do with its Lease `name`: create (which cannot be limited to
+/// a name), get and patch (lock, renew, release) that one Lease. No update, list, watch
+/// or delete.
+fn lease_grants(name: &str) -> BTreeSet<Grant> {
+    let grant = |verb: &str, name: &str| {
+        (
+            "coordination.k8s.io".to_owned(),
+            "leases".to_owned(),
+            verb.to_owned(),
+            name.to_owned(),
+        )
+    };
+    [
+        grant("create", ""),
+        grant("get", name),
+        grant("patch", name),
+    ]
+    .into_iter()
+    .collect()
 }
 
 #[test]
@@ -1439,15 +1634,30 @@ fn rbac_grants_read_access_only() {
                 id(role)
             );
         }
+        // The one exception to read-only: leader election's Lease, in a Role of the
+        // exporter's own namespace, exactly when leader election is on.
+        let lease = leader_election_of(render, workload);
+        let mut lease_roles = 0;
         for role in &roles {
-            let mut granted = grants(role, what);
-            // The one exception to come: leader election's Lease, in the exporter's namespace.
-            if namespace(role) == home {
-                granted.retain(|(group, resource, verb)| {
-                    !(group == "coordination.k8s.io"
-                        && resource == "leases"
-                        && ["get", "create", "update"].contains(&verb.as_str()))
+            let granted = grants(role, what);
+            if granted.iter().any(|(group, resource, _, _)| {
+                group == "coordination.k8s.io" && resource == "leases"
+            }) {
+                lease_roles += 1;
+                assert_eq!(
+                    namespace(role),
+                    home,
+                    "{what}: {}: the Lease Role lives in the exporter's namespace",
+                    id(role)
+                );
+                let name = lease.as_deref().unwrap_or_else(|| {
+                    panic!(
+                        "{what}: {} grants on leases without leader election",
+                        id(role)
+                    )
                 });
+                assert_eq!(granted, lease_grants(name), "{what}: {}", id(role));
+                continue;
             }
             let namespaced: Vec<_> = CLUSTER_READ
                 .into_iter()
@@ -1455,6 +1665,11 @@ fn rbac_grants_read_access_only() {
                 .collect();
             assert_eq!(granted, read_grants(&namespaced), "{what}: {}", id(role));
         }
+        assert_eq!(
+            lease_roles,
+            usize::from(lease.is_some()),
+            "{what}: one Lease Role with leader election, none without"
+        );
         // Every binding binds a rendered role to the workload's ServiceAccount, and
         // every role is bound.
         let mut bound = BTreeSet::new();
@@ -1509,7 +1724,9 @@ fn check_config(file: &Path, env: &[(String, String)], what: &str) -> toml::Tabl
     let mut command = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"));
     command.arg("check-config").arg("--config").arg(file);
     for (key, _) in std::env::vars() {
-        if key.starts_with("SELFHEAL_") {
+        if key.starts_with("SELFHEAL_")
+            || ["POD_NAME", "POD_NAMESPACE", "HOSTNAME"].contains(&key.as_str())
+        {
             command.env_remove(key);
         }
     }
@@ -1584,15 +1801,26 @@ fn the_deployed_config_passes_check_config() {
         let content = config_map["data"][file]
             .as_str()
             .unwrap_or_else(|| panic!("{what}: ConfigMap {config_map_name} has no key {file}"));
+        // The pod's name as the kubelet would fill POD_NAME in through the downward API.
+        let pod_name = match kind(deployment) {
+            "StatefulSet" => format!("{}-0", name(deployment)),
+            _ => format!("{}-5d8f7c9b4-x7k2p", name(deployment)),
+        };
         let env: Vec<(String, String)> = container["env"]
             .as_array()
             .map(|vars| {
                 vars.iter()
                     .filter_map(|v| {
-                        Some((
-                            v["name"].as_str()?.to_owned(),
-                            v["value"].as_str()?.to_owned(),
-                        ))
+                        let variable = v["name"].as_str()?.to_owned();
+                        if let Some(value) = v["value"].as_str() {
+                            return Some((variable, value.to_owned()));
+                        }
+                        let value = match v.pointer("/valueFrom/fieldRef/fieldPath")?.as_str()? {
+                            "metadata.name" => pod_name.clone(),
+                            "metadata.namespace" => namespace(deployment).to_owned(),
+                            _ => return None,
+                        };
+                        Some((variable, value))
                     })
                     .collect()
             })
@@ -1600,6 +1828,33 @@ fn the_deployed_config_passes_check_config() {
         let dir = tempfile::tempdir().expect("tempdir");
         let written = write_temp(&dir, file, content);
         let effective = check_config(&written, &env, what);
+        // Leader election as the manifests mean it: on exactly when the environment says
+        // so, with the Lease the RBAC grants, in the pod's namespace, as the pod.
+        let election = effective
+            .get("probes")
+            .and_then(|p| p.get("leader_election"))
+            .unwrap_or_else(|| panic!("{what}: no [probes.leader_election] in check-config"));
+        match leader_election_of(render, deployment) {
+            Some(lease) => {
+                assert_eq!(election["enabled"].as_bool(), Some(true), "{what}");
+                assert_eq!(
+                    election["lease_name"].as_str(),
+                    Some(lease.as_str()),
+                    "{what}"
+                );
+                assert_eq!(
+                    election["namespace"].as_str(),
+                    Some(namespace(deployment)),
+                    "{what}"
+                );
+                assert_eq!(
+                    election["identity"].as_str(),
+                    Some(pod_name.as_str()),
+                    "{what}"
+                );
+            }
+            None => assert_eq!(election["enabled"].as_bool(), Some(false), "{what}"),
+        }
         // A StatefulSet's pods: the config with each pod's shard flags (--shard auto is the
         // pod's ordinal) passes too. check-config takes no flags; the SELFHEAL_SHARDING__*
         // variables stand in for them (flags win over the file and the environment alike).
@@ -1649,7 +1904,17 @@ fn the_pod_is_hardened_sized_and_probed() {
         // sharded_statefulsets_run_one_pod_per_shard).
         match kind(deployment) {
             "Deployment" => {
-                assert_eq!(deployment["spec"]["replicas"], 1, "{what}: one replica");
+                // More than one only as standbys for the leader-elected prober.
+                if leader_election_of(render, deployment).is_some() {
+                    assert!(
+                        deployment["spec"]["replicas"]
+                            .as_u64()
+                            .is_some_and(|r| r >= 1),
+                        "{what}: replicas"
+                    );
+                } else {
+                    assert_eq!(deployment["spec"]["replicas"], 1, "{what}: one replica");
+                }
                 let args = container_args(deployment);
                 assert!(
                     flag_value(&args, "--shard").is_none()

@@ -53,6 +53,13 @@ The headless Service of the sharded StatefulSet (its spec.serviceName).
 {{- printf "%s-shards" (include "selfheal-exporter.fullname" . | trunc 56 | trimSuffix "-") }}
 {{- end }}
 
+{{/*
+The probe Lease's name (leaderElection.leaseName, else <fullname>-prober).
+*/}}
+{{- define "selfheal-exporter.leaseName" -}}
+{{- default (printf "%s-prober" (include "selfheal-exporter.fullname" . | trunc 56 | trimSuffix "-")) .Values.leaderElection.leaseName }}
+{{- end }}
+
 {{- define "selfheal-exporter.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "selfheal-exporter.fullname" .) .Values.serviceAccount.name }}
