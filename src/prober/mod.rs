@@ -145,7 +145,8 @@ impl Prober {
             incoming,
             sharding,
             leadership: None,
-            probing: true,
+            // Schedulers start in run().
+            probing: false,
         };
         for spec in specs {
             prober.upsert(spec)?;
@@ -155,17 +156,7 @@ impl Prober {
 
     /// Probes only while `leadership` is true (this replica holds the probe Lease).
     pub fn with_leadership(mut self, leadership: watch::Receiver<bool>) -> Prober {
-        let leader = *leadership.borrow();
         self.leadership = Some(leadership);
-        if !leader {
-            // Nothing probed yet: just do not start.
-            self.probing = false;
-            for target in self.targets.values_mut() {
-                target.halt();
-                self.next_generation += 1;
-                target.generation = self.next_generation;
-            }
-        }
         self
     }
 
@@ -179,8 +170,12 @@ impl Prober {
             for target in self.targets.values_mut() {
                 self.next_generation += 1;
                 target.start(self.next_generation, &self.reports);
+                let spec = &target.spec;
+                tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probing");
             }
-            tracing::info!(targets = self.targets.len(), "probe leader: probing");
+            if self.leadership.is_some() {
+                tracing::info!(targets = self.targets.len(), "probe leader: probing");
+            }
             return;
         }
         for target in self.targets.values_mut() {
@@ -207,6 +202,12 @@ impl Prober {
         mut changes: mpsc::Receiver<TargetChange>,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        // Start probing: at once without leader election, else when leading.
+        let leading = match &mut self.leadership {
+            Some(leadership) => *leadership.borrow_and_update(),
+            None => true,
+        };
+        self.set_probing(leading);
         let mut changes_open = true;
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,7 +293,7 @@ impl Prober {
             target.start(self.next_generation, &self.reports);
             tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probing");
         } else {
-            tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probe target known; probed while holding the probe Lease");
+            tracing::debug!(target = %spec.name, url = %spec.url, "probe target known; not probing yet");
         }
         self.targets.insert(spec.name.clone(), target);
         Ok(())
