@@ -1,16 +1,20 @@
-//! The HTTP endpoints: `/metrics` (Prometheus text, or OpenMetrics when asked),
-//! `/healthz` (the process lives) and `/readyz` (every watch synced, not draining).
+//! The HTTP endpoints: `/metrics` (Prometheus text, or OpenMetrics when asked; streamed,
+//! see [`crate::exposition`]), `/healthz` (the process lives) and `/readyz` (every watch
+//! synced, not draining).
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use prometheus_client::encoding::{prometheus_text, text};
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
+use crate::exposition::{self, Format};
 use crate::health::Health;
 use crate::incidents::{SharedIncidentLog, lock};
 
@@ -19,8 +23,8 @@ const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 #[derive(Clone)]
 pub struct AdminState {
     pub registry: Arc<Registry>,
-    /// Size of the previous exposition, so the next one is allocated once.
-    pub last_size: Arc<std::sync::atomic::AtomicUsize>,
+    /// `selfheal_scrapes_aborted_total`, registered in `registry`.
+    pub aborted_scrapes: Counter,
     pub health: Health,
     pub incidents: SharedIncidentLog,
 }
@@ -40,29 +44,17 @@ async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Respons
         .iter()
         .filter_map(|value| value.to_str().ok())
         .any(|accept| accept.contains("application/openmetrics-text"));
-    let last_size = state.last_size.load(std::sync::atomic::Ordering::Relaxed);
-    let mut body = String::with_capacity((last_size + last_size / 8).max(16 * 1024));
-    let (encoded, content_type) = if wants_openmetrics {
-        (
-            text::encode(&mut body, &state.registry),
-            OPENMETRICS_CONTENT_TYPE,
-        )
+    let (format, content_type) = if wants_openmetrics {
+        (Format::OpenMetrics, OPENMETRICS_CONTENT_TYPE)
     } else {
-        (
-            prometheus_text::encode(&mut body, &state.registry),
-            prometheus_text::CONTENT_TYPE,
-        )
+        (Format::PrometheusText, prometheus_text::CONTENT_TYPE)
     };
-    state
-        .last_size
-        .store(body.len(), std::sync::atomic::Ordering::Relaxed);
-    match encoded {
-        Ok(()) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
-        Err(error) => {
-            tracing::error!(%error, "cannot encode metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics\n").into_response()
-        }
-    }
+    let chunks = exposition::stream(state.registry.clone(), format, state.aborted_scrapes);
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(chunks),
+    )
+        .into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -103,7 +95,7 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::body::{Body, to_bytes};
+    use axum::body::to_bytes;
     use axum::http::Request;
     use prometheus_client::metrics::counter::Counter;
     use tower::ServiceExt;
@@ -115,7 +107,7 @@ mod tests {
         registry.register("demo", "A demo counter", counter);
         AdminState {
             registry: Arc::new(registry),
-            last_size: Arc::default(),
+            aborted_scrapes: Counter::default(),
             health: Health::default(),
             incidents: crate::incidents::IncidentLog::new(10, std::time::Duration::from_secs(2))
                 .shared(),

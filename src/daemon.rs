@@ -12,6 +12,7 @@ use selfheal_exporter::admin::{self, AdminState};
 use selfheal_exporter::cardinality::CardinalityGuard;
 use selfheal_exporter::client::kube_config;
 use selfheal_exporter::config::Config;
+use selfheal_exporter::exposition;
 use selfheal_exporter::health::Health;
 use selfheal_exporter::incidents::IncidentLog;
 use selfheal_exporter::leader::{self, LeaderMetrics, LeaderSettings};
@@ -40,7 +41,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         }
     };
     let api_url = kube.cluster_url.to_string();
-    let client = match Client::try_from(kube) {
+    let client = match Client::try_from(kube.clone()) {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%api_url, "cannot build the Kubernetes client: {error}");
@@ -102,9 +103,10 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     );
 
     let (stop, stopped) = watch::channel(false);
+    let aborted_scrapes = exposition::register_aborted_scrapes(&mut registry);
     let app = admin::app(AdminState {
         registry: Arc::new(registry),
-        last_size: Arc::default(),
+        aborted_scrapes,
         health: health.clone(),
         incidents: incidents.clone(),
     });
@@ -157,7 +159,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
     let probes = tokio::spawn(prober.run(changes, stopped.clone()));
     let watches = tokio::spawn(
         WatchLoop {
-            client,
+            kube_config: kube,
             scope,
             observer,
             metrics,
@@ -165,7 +167,7 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
             health: health.clone(),
             incidents,
         }
-        .run(stopped),
+        .start(stopped),
     );
 
     let signal = tokio::select! {

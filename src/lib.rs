@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cardinality;
 pub mod client;
 pub mod config;
+pub mod exposition;
 pub mod health;
 pub mod incidents;
 pub mod kube_types;
