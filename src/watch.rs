@@ -146,13 +146,20 @@ impl WatchMetrics {
 
 /// Everything the watch loop owns.
 pub struct WatchLoop {
-    pub client: Client,
+    /// The watches make their own client from it (see [`WatchLoop::run_here`]).
+    pub kube_config: kube::Config,
     pub scope: Scope,
     pub observer: Observer,
     pub metrics: Metrics,
     pub watch_metrics: WatchMetrics,
     pub health: Health,
     pub incidents: SharedIncidentLog,
+}
+
+/// Each watch stream's part of readiness.
+struct Readiness {
+    pods: Vec<WatchReadiness>,
+    events: Vec<WatchReadiness>,
 }
 
 type Indexed<K> = (usize, Result<Event<K>, watcher::Error>);
@@ -193,20 +200,62 @@ where
 }
 
 impl WatchLoop {
-    /// Runs until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: signal::Receiver<bool>) {
-        let mut pods =
-            watch_all::<SlimPod>(&self.client, &self.scope, &self.scope.pod_watcher_config());
-        let mut events = watch_all::<SlimEvent>(
-            &self.client,
-            &self.scope,
-            &self.scope.event_watcher_config(),
-        );
+    /// Registers the watches for readiness at once, and returns the loop, which runs until
+    /// `shutdown` turns true on a thread of its own (see [`WatchLoop::run_here`]).
+    pub fn start(self, shutdown: signal::Receiver<bool>) -> impl Future<Output = ()> + Send {
         let streams = self.scope.namespaces.len();
-        let mut pod_readiness: Vec<WatchReadiness> =
-            (0..streams).map(|_| self.health.register_watch()).collect();
-        let mut event_readiness: Vec<WatchReadiness> =
-            (0..streams).map(|_| self.health.register_watch()).collect();
+        let readiness = Readiness {
+            pods: (0..streams).map(|_| self.health.register_watch()).collect(),
+            events: (0..streams).map(|_| self.health.register_watch()).collect(),
+        };
+        async move {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot build the watch thread's runtime; watching on the main one");
+                    return self.run_here(readiness, shutdown).await;
+                }
+            };
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name("watch".to_owned())
+                .spawn(move || {
+                    runtime.block_on(self.run_here(readiness, shutdown));
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(_) => {
+                    let _ = finished.await;
+                }
+                // The watches never start: /readyz stays 503, which says so.
+                Err(error) => tracing::error!(%error, "cannot start the watch thread"),
+            }
+        }
+    }
+
+    /// The watch loop proper. `start` gives it a single-threaded runtime on a thread of
+    /// its own, with its own API connections: decoding, observing and recording then
+    /// happen on one thread, and events flow without a cross-thread wake-up each (on the
+    /// multi-threaded runtime those wake-ups cost more CPU than the observing itself).
+    async fn run_here(mut self, readiness: Readiness, mut shutdown: signal::Receiver<bool>) {
+        let Readiness {
+            pods: mut pod_readiness,
+            events: mut event_readiness,
+        } = readiness;
+        // Built here, so that its connections are driven by this runtime.
+        let client = match Client::try_from(self.kube_config.clone()) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the Kubernetes client for the watches");
+                return;
+            }
+        };
+        let mut pods = watch_all::<SlimPod>(&client, &self.scope, &self.scope.pod_watcher_config());
+        let mut events =
+            watch_all::<SlimEvent>(&client, &self.scope, &self.scope.event_watcher_config());
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out: Vec<Observation> = Vec::new();
@@ -224,20 +273,24 @@ impl WatchLoop {
                     self.observer.tick(Timestamp::now(), &mut out);
                 }
             }
-            let mut log = None;
-            for observation in out.drain(..) {
-                match &observation {
-                    Observation::Incident(update) => log
-                        .get_or_insert_with(|| lock(&self.incidents))
-                        .apply(update),
-                    _ => self.metrics.record(&observation),
-                }
-            }
-            drop(log);
+            self.record(&mut out);
             self.metrics
                 .set_observed_containers(self.observer.container_count());
         }
         tracing::info!("watches stopped");
+    }
+
+    /// Hands the observations to the metrics and the incident log.
+    fn record(&mut self, out: &mut Vec<Observation>) {
+        let mut log = None;
+        for observation in out.drain(..) {
+            match &observation {
+                Observation::Incident(update) => log
+                    .get_or_insert_with(|| lock(&self.incidents))
+                    .apply(update),
+                _ => self.metrics.record(&observation),
+            }
+        }
     }
 
     fn on_pod_event(
