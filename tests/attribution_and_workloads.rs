@@ -103,11 +103,17 @@ async fn a_deployment_keeps_its_counters_when_its_pods_are_replaced() {
     ];
     let oom = [web[0], web[1], web[2], ("reason", "OOMKilled")];
 
+    // Each pod crashloops once, so that it has a per-pod series.
     let d = death("OOMKilled", 137, "v1-0", now_s());
+    cluster.set_status("web-6c9f8-aaaaa", crashloop(0, d.clone()));
     cluster.set_status("web-6c9f8-aaaaa", running(1, true, Some(d)));
     daemon
         .wait_for("the v1 restart", |s| {
             s.get("selfheal_container_restarts_total", &oom) == Some(1.0)
+                && s.has(
+                    "selfheal_container_crashlooping",
+                    &[("pod", "web-6c9f8-aaaaa")],
+                )
         })
         .await;
 
@@ -117,6 +123,7 @@ async fn a_deployment_keeps_its_counters_when_its_pods_are_replaced() {
     cluster.set_status("web-7d4b2-bbbbb", running(0, true, None));
     cluster.delete_pod("web-6c9f8-aaaaa");
     let d = death("OOMKilled", 137, "v2-0", now_s());
+    cluster.set_status("web-7d4b2-bbbbb", crashloop(0, d.clone()));
     cluster.set_status("web-7d4b2-bbbbb", running(1, true, Some(d)));
     let scrape = daemon
         .wait_for("the v2 restart on the same workload", |s| {

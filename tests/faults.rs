@@ -25,9 +25,16 @@ async fn watch_faults_neither_lose_nor_double_count() {
     let cluster = Cluster::start().await;
     cluster.create_pod(POD, None, json!({}));
     cluster.set_status(POD, running(0, true, None));
+    // A crashlooping pod, so that it has a per-pod series to lose when it is deleted.
     cluster.create_pod("doomed", None, json!({}));
-    cluster.set_status("doomed", running(0, true, None));
+    let doomed_death = death("Error", 1, "d0", now_s() - SignedDuration::from_secs(5));
+    cluster.set_status("doomed", crashloop(0, doomed_death));
     let daemon = Daemon::start(&cluster, "[metrics]\nattribution_wait = \"1s\"\n").await;
+    daemon
+        .wait_for("the doomed pod's crashloop", |s| {
+            s.get("selfheal_container_crashlooping", &[("pod", "doomed")]) == Some(1.0)
+        })
+        .await;
     let faults = cluster.lab.faults();
 
     // A dropped watch between the death and the restart: resumed from the last version.

@@ -196,7 +196,14 @@ impl ContainerTracker {
             .as_ref()
             .and_then(|waiting| waiting.reason.as_deref())
             == Some("CrashLoopBackOff");
-        if self.crashlooping != Some(active) {
+        // A container that never crashlooped has no series: at 100,000 pods a zero for
+        // every container was most of the exposition. Once it has, the series stays
+        // (0 or 1) until the pod goes.
+        let changed = match self.crashlooping {
+            None => active,
+            Some(was) => was != active,
+        };
+        if changed {
             self.crashlooping = Some(active);
             sink.out.push(Observation::CrashLooping {
                 workload: ctx.workload.clone(),

@@ -516,9 +516,9 @@ fn malformed_input_is_survived_and_counted() {
 }
 
 #[test]
-fn crashloop_gauge_starts_at_zero_and_follows_the_waiting_reason() {
+fn crashloop_gauge_appears_at_the_first_crashloop_and_follows_the_waiting_reason() {
     let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
-    assert_eq!(crashloop_states(&h.take()), vec![false]);
+    assert_eq!(crashloop_states(&h.take()), Vec::<bool>::new());
     let d = death("Error", 1, "c0", 10);
     h.apply(&with(mk_pod("p", "u"), crashloop(0, d.clone())), 11);
     h.apply(&with(mk_pod("p", "u"), crashloop(0, d.clone())), 12);
