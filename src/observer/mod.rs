@@ -16,6 +16,7 @@
 mod attribution;
 mod cause;
 mod container;
+mod names;
 mod workloads;
 
 #[cfg(test)]
@@ -36,6 +37,7 @@ use crate::sharding::Sharding;
 use crate::workload::{Workload, workload_of};
 use attribution::KillLedger;
 use container::{ContainerTracker, Decision};
+use names::Names;
 use workloads::WorkloadBook;
 
 /// What the observer concluded from one input; the metrics layer turns each into
@@ -197,6 +199,7 @@ struct Shared {
     deadlines: VecDeque<(Timestamp, Arc<str>, Arc<str>)>,
     unknown_reasons: HashSet<String>,
     attribution_wait: SignedDuration,
+    names: Names,
 }
 
 impl Shared {
@@ -206,6 +209,7 @@ impl Shared {
             deadlines: &mut self.deadlines,
             unknown_reasons: &mut self.unknown_reasons,
             attribution_wait: self.attribution_wait,
+            names: &mut self.names,
             out,
         }
     }
@@ -217,6 +221,7 @@ pub struct Sink<'a> {
     deadlines: &'a mut VecDeque<(Timestamp, Arc<str>, Arc<str>)>,
     unknown_reasons: &'a mut HashSet<String>,
     attribution_wait: SignedDuration,
+    names: &'a mut Names,
     out: &'a mut Vec<Observation>,
 }
 
@@ -601,6 +606,7 @@ impl Observer {
         }
         self.workloads.tick(now, self.config.retention, out);
         self.shared.kills.expire(now);
+        self.shared.names.prune();
     }
 }
 
@@ -622,7 +628,7 @@ fn see_container(state: &mut PodState, name: &str, limit: Option<u64>, sink: &mu
         }
         return 0;
     }
-    let name: Arc<str> = Arc::from(name);
+    let name = sink.names.get(name);
     sink.out.push(Observation::ContainerSeen {
         workload: state.workload.clone(),
         container: name.clone(),
