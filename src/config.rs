@@ -51,8 +51,8 @@ pub struct ProbesConfig {
     pub correlation_slack: Duration,
     /// Targets probed continuously (`[[probes.targets]]`).
     pub targets: Vec<StaticTarget>,
-    /// Probe only on the replica holding a Kubernetes Lease (the alternative to sharding
-    /// the probe targets).
+    /// Active/passive replicas: only the one holding a Kubernetes Lease watches, probes
+    /// and exports (here for history: it covers the whole exporter, not only probing).
     pub leader_election: LeaderElectionConfig,
 }
 
@@ -70,8 +70,9 @@ impl Default for ProbesConfig {
 }
 
 /// `[probes.leader_election]`: of all replicas, only the holder of the Lease
-/// `namespace/lease_name` probes; another takes over within `lease_duration` when it dies,
-/// at once when it stops (it releases the Lease on SIGTERM).
+/// `namespace/lease_name` watches, probes and exports, the others stand by; one of them
+/// takes over within `lease_duration` when the holder dies, at once when it stops (it
+/// releases the Lease on SIGTERM). A holder that loses the Lease while running exits.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LeaderElectionConfig {
@@ -141,7 +142,8 @@ impl LeaderElectionConfig {
                 "true".into(),
                 &format!(
                     "cannot be combined with sharding.total_shards = {}: sharded replicas \
-                     already probe only the targets of their shard; use one or the other",
+                     each export their own shard, leader election makes one replica export \
+                     everything; use one or the other",
                     sharding.total_shards
                 ),
             ));

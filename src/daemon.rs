@@ -1,6 +1,9 @@
-//! The daemon's wiring: client, metrics registry, HTTP server, watch loop, and the
-//! shutdown sequence (readiness off, watches stopped, server drained, all within 5 s).
+//! The daemon's wiring: client, metrics registry, HTTP server, watch loop and prober
+//! (with leader election: started only once this replica holds the Lease), and the
+//! shutdown sequence (readiness off, watches stopped, Lease released, server drained, all
+//! within 5 s).
 
+use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,17 +17,19 @@ use selfheal_exporter::client::kube_config;
 use selfheal_exporter::config::Config;
 use selfheal_exporter::exposition;
 use selfheal_exporter::health::Health;
-use selfheal_exporter::incidents::IncidentLog;
+use selfheal_exporter::incidents::{IncidentLog, SharedIncidentLog};
 use selfheal_exporter::leader::{self, LeaderMetrics, LeaderSettings};
 use selfheal_exporter::metrics::{Metrics, register_build_info};
 use selfheal_exporter::observer::{Observer, ObserverConfig};
 use selfheal_exporter::prober::Prober;
+use selfheal_exporter::prober::discovery::ServiceAddress;
 use selfheal_exporter::prober::metrics::ProbeMetrics;
 use selfheal_exporter::prober::service_watch::ServiceWatch;
 use selfheal_exporter::shutdown;
 use selfheal_exporter::watch::{Scope, WatchLoop, WatchMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::cli::RunArgs;
 
@@ -127,68 +132,93 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         leader_election = config.probes.leader_election.enabled,
         "selfheal-exporter started"
     );
-    tokio::spawn(check_api_server(client.clone(), api_url));
-    let (target_changes, changes) = tokio::sync::mpsc::channel(256);
-    if config.probes.discovery {
-        tokio::spawn(
-            ServiceWatch {
-                client: client.clone(),
-                scope: scope.clone(),
-                address: config.probes.service_address,
-                node_address: config.probes.node_address,
-                changes: target_changes,
-                probe_metrics,
-                watch_metrics: watch_metrics.clone(),
-                health: health.clone(),
-            }
-            .run(stopped.clone()),
-        );
-    } else {
-        drop(target_changes);
-    }
-    // With leader election, the prober probes only while this replica holds the Lease;
-    // on shutdown the election stops publishing leadership, then releases the Lease.
-    let (prober, election) = match (leader_election, leader_metrics) {
+    let standby = leader_election.is_some();
+    tokio::spawn(check_api_server(client.clone(), api_url, standby));
+    let mut exporter = Some(Exporter {
+        client: client.clone(),
+        kube_config: kube,
+        scope,
+        observer,
+        metrics,
+        watch_metrics,
+        probe_metrics,
+        health: health.clone(),
+        incidents,
+        prober,
+        discovery: config
+            .probes
+            .discovery
+            .then_some((config.probes.service_address, config.probes.node_address)),
+    });
+
+    // Without leader election this replica exports from the start. With it, it stands by
+    // (no watches, no probes, ready) until it holds the Lease, then starts exactly as a
+    // replica without leader election does; on losing the Lease it stops and exits
+    // non-zero, so that Kubernetes restarts it as a fresh standby.
+    let mut exporting = Vec::new();
+    let (mut leadership, election) = match (leader_election, leader_metrics) {
         (Some(settings), Some(metrics)) => {
             let (leadership, election) =
                 leader::start(client.clone(), settings, metrics, stopped.clone());
-            (prober.with_leadership(leadership), Some(election))
+            tracing::info!(
+                "standing by: watching and probing nothing until this replica holds the Lease"
+            );
+            (Some(leadership), Some(election))
         }
-        _ => (prober, None),
+        _ => {
+            if let Some(exporter) = exporter.take() {
+                exporting = exporter.start(None, stopped.clone());
+            }
+            (None, None)
+        }
     };
-    let probes = tokio::spawn(prober.run(changes, stopped.clone()));
-    let watches = tokio::spawn(
-        WatchLoop {
-            kube_config: kube,
-            scope,
-            observer,
-            metrics,
-            watch_metrics,
-            health: health.clone(),
-            incidents,
-        }
-        .start(stopped),
-    );
 
-    let signal = tokio::select! {
-        signal = shutdown::first_signal() => signal,
-        result = &mut server => {
-            tracing::error!("HTTP server stopped unexpectedly: {result:?}");
-            return ExitCode::FAILURE;
+    let signal = shutdown::first_signal();
+    tokio::pin!(signal);
+    let ending = loop {
+        tokio::select! {
+            signal = &mut signal => break match signal {
+                Ok(name) => Ending::Signal(name),
+                Err(error) => {
+                    tracing::error!("cannot listen for signals: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            result = &mut server => {
+                tracing::error!("HTTP server stopped unexpectedly: {result:?}");
+                return ExitCode::FAILURE;
+            }
+            leading = leadership_changed(&mut leadership) => match (leading, exporter.take()) {
+                (Some(true), Some(standby)) => {
+                    tracing::info!(
+                        "holding the Lease: starting the watches and the prober (the first pod \
+                         list is the baseline)"
+                    );
+                    exporting = standby.start(leadership.clone(), stopped.clone());
+                }
+                (Some(true), None) => {}
+                // Still standing by.
+                (Some(false), Some(standby)) => exporter = Some(standby),
+                // Lost after leading; or the election ended without a shutdown, which it
+                // only does after a loss (perhaps too quick for this loop to see it lead).
+                (Some(false), None) | (None, _) => break Ending::LostLease,
+            },
         }
     };
-    match signal {
-        Ok(name) => tracing::info!(signal = name, "shutting down"),
-        Err(error) => {
-            tracing::error!("cannot listen for signals: {error}");
-            return ExitCode::FAILURE;
-        }
+    match ending {
+        Ending::Signal(name) => tracing::info!(signal = name, "shutting down"),
+        Ending::LostLease => tracing::error!(
+            "lost the Lease (not renewed in time, or another replica holds it): stopping at \
+             once without releasing it, then exiting with code 1 so that Kubernetes restarts \
+             this container as a standby"
+        ),
     }
     health.begin_shutdown();
     let _ = stop.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
-        let _ = watches.await;
-        let _ = probes.await;
+        for task in exporting {
+            let _ = task.await;
+        }
         if let Some(election) = election {
             let _ = election.await;
         }
@@ -198,21 +228,119 @@ pub async fn run(config: Config, args: RunArgs) -> ExitCode {
         tracing::warn!("shutdown budget exceeded; exiting without waiting further");
     }
     tracing::info!("stopped");
-    ExitCode::SUCCESS
+    match ending {
+        Ending::Signal(_) => ExitCode::SUCCESS,
+        Ending::LostLease => ExitCode::FAILURE,
+    }
 }
 
-/// Says plainly, once, when the API server cannot be reached; the watches keep retrying
-/// with backoff (their failures are counted in selfheal_watch_errors_total).
-async fn check_api_server(client: Client, api_url: String) {
+/// Why the daemon stops.
+#[derive(Clone, Copy)]
+enum Ending {
+    Signal(&'static str),
+    /// Leader election: the Lease was lost while running.
+    LostLease,
+}
+
+/// The next leadership value; `None` when the election has ended. Never resolves
+/// without leader election.
+async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match leadership {
+        Some(receiver) => match receiver.changed().await {
+            Ok(()) => Some(*receiver.borrow_and_update()),
+            Err(_) => {
+                // Closed: report it once, then stop listening.
+                *leadership = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// What observes and probes: the pod and Event watches, Service discovery and the prober.
+/// Started at once without leader election, on acquiring the Lease with it.
+struct Exporter {
+    client: Client,
+    kube_config: kube::Config,
+    scope: Scope,
+    observer: Observer,
+    metrics: Metrics,
+    watch_metrics: WatchMetrics,
+    probe_metrics: ProbeMetrics,
+    health: Health,
+    incidents: SharedIncidentLog,
+    prober: Prober,
+    /// `probes.discovery`: how discovered targets are reached.
+    discovery: Option<(ServiceAddress, IpAddr)>,
+}
+
+impl Exporter {
+    /// Starts everything; the watches register for readiness at once, so /readyz is 503
+    /// until they have listed. Returns the tasks to await at shutdown. With
+    /// `leadership`, the prober also stops probing the moment it turns false.
+    fn start(
+        self,
+        leadership: Option<watch::Receiver<bool>>,
+        stopped: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let (target_changes, changes) = tokio::sync::mpsc::channel(256);
+        if let Some((address, node_address)) = self.discovery {
+            tokio::spawn(
+                ServiceWatch {
+                    client: self.client,
+                    scope: self.scope.clone(),
+                    address,
+                    node_address,
+                    changes: target_changes,
+                    probe_metrics: self.probe_metrics,
+                    watch_metrics: self.watch_metrics.clone(),
+                    health: self.health.clone(),
+                }
+                .run(stopped.clone()),
+            );
+        } else {
+            drop(target_changes);
+        }
+        let prober = match leadership {
+            Some(leadership) => self.prober.with_leadership(leadership),
+            None => self.prober,
+        };
+        let probes = tokio::spawn(prober.run(changes, stopped.clone()));
+        let watches = tokio::spawn(
+            WatchLoop {
+                kube_config: self.kube_config,
+                scope: self.scope,
+                observer: self.observer,
+                metrics: self.metrics,
+                watch_metrics: self.watch_metrics,
+                health: self.health,
+                incidents: self.incidents,
+            }
+            .start(stopped),
+        );
+        vec![watches, probes]
+    }
+}
+
+/// Says plainly, once, when the API server cannot be reached; the watches (or, on a
+/// standby, the election) keep retrying with backoff (their failures are counted in
+/// selfheal_watch_errors_total, selfheal_prober_lease_errors_total).
+async fn check_api_server(client: Client, api_url: String, standby: bool) {
+    let consequence = if standby {
+        "retrying; this standby cannot take the Lease meanwhile"
+    } else {
+        "retrying, /readyz stays 503 until the watches sync"
+    };
     match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
         Ok(Ok(version)) => {
             tracing::info!(%api_url, version = %version.git_version, "connected to the Kubernetes API server");
         }
         Ok(Err(error)) => tracing::error!(
-            "cannot reach the Kubernetes API server at {api_url}: {error}; retrying, /readyz stays 503 until the watches sync"
+            "cannot reach the Kubernetes API server at {api_url}: {error}; {consequence}"
         ),
         Err(_) => tracing::error!(
-            "cannot reach the Kubernetes API server at {api_url}: no answer in 10 s; retrying, /readyz stays 503 until the watches sync"
+            "cannot reach the Kubernetes API server at {api_url}: no answer in 10 s; {consequence}"
         ),
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! Ready means: every watch has completed its first list, and shutdown has not begun
 //! (so a load balancer or Prometheus service discovery stops sending traffic to a
-//! draining replica). Live means the process runs.
+//! draining replica). Live means the process runs. A leader-election standby has no
+//! watches, so it is ready: it does what it should (stand by), and a rolling update must
+//! be able to count it as available; it registers its watches, and is unready until they
+//! have listed, when it acquires the Lease.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -75,5 +78,19 @@ mod tests {
         assert!(health.is_ready());
         health.begin_shutdown();
         assert!(!health.is_ready());
+    }
+
+    #[test]
+    fn without_watches_ready_until_shutdown() {
+        // A leader-election standby: no watches yet.
+        let health = Health::default();
+        assert!(health.is_ready());
+        let mut pods = health.register_watch();
+        assert!(
+            !health.is_ready(),
+            "a new leader's watches have not listed yet"
+        );
+        pods.mark_synced();
+        assert!(health.is_ready());
     }
 }

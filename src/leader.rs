@@ -1,7 +1,10 @@
-//! Leader election for the prober: of several replicas, only the holder of a Kubernetes
-//! Lease (coordination.k8s.io/v1) probes, so every target is probed once; when the holder
-//! dies another replica takes over within the lease duration, and when it stops it
-//! releases the Lease so that another takes over at once.
+//! Leader election, active/passive: of several replicas, only the holder of a Kubernetes
+//! Lease (coordination.k8s.io/v1) exports; the others stand by without watching or
+//! probing (see the daemon). When the holder dies another replica takes over within the
+//! lease duration, and when it stops it releases the Lease so that another takes over at
+//! once. A holder that loses the Lease while it runs leaves the election for good: the
+//! daemon then stops and exits non-zero, and Kubernetes restarts it as a fresh standby
+//! (as controller-runtime's leader election does).
 //!
 //! The Lease itself is handled by kube-lease-manager: it locks a free Lease with a
 //! server-side apply (two replicas racing for it get a 409 conflict for all but one),
@@ -9,17 +12,21 @@
 //! module
 //! - publishes leadership as a `watch::Receiver<bool>` that turns true only while this
 //!   replica's hold on the Lease is confirmed: a holder that cannot renew (API server
-//!   unreachable, requests hanging) stops probing half of `grace` before the Lease
-//!   expires, by its own clock, so two replicas never probe at once unless the clocks of
+//!   unreachable, requests hanging) stops leading half of `grace` before the Lease
+//!   expires, by its own clock, so two replicas never lead at once unless the clocks of
 //!   their nodes are more than `grace / 2` apart;
 //! - reads the Lease every `retry_period` (one GET): the holder sees its renewals there,
-//!   a standby sees a released Lease and takes it at once instead of sleeping until the
-//!   old holder's term would have ended (kube-lease-manager alone would);
+//!   and that another replica took the Lease; a standby sees a released Lease and takes it
+//!   at once instead of sleeping until the old holder's term would have ended
+//!   (kube-lease-manager alone would);
+//! - after leading, on losing the Lease (not renewed in time, or held by another replica)
+//!   publishes false and ends: it never competes again, so a replica that lost the Lease
+//!   cannot take it back while it is shutting down;
 //! - retries every failed Lease request with backoff (`retry_period`, doubling up to
 //!   `lease_duration`; the holder keeps retrying every `retry_period`), counts it in
 //!   `selfheal_prober_lease_errors_total`, and never panics;
-//! - on shutdown stops publishing leadership first, then releases the Lease (bounded by
-//!   [`RELEASE_TIMEOUT`], inside the daemon's shutdown budget).
+//! - on shutdown stops publishing leadership first, then releases the Lease if it holds
+//!   it (bounded by [`RELEASE_TIMEOUT`], inside the daemon's shutdown budget).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -122,18 +129,19 @@ impl LeaderMetrics {
         let metrics = LeaderMetrics::default();
         registry.register(
             "prober_leader",
-            "1 while this replica holds the probe Lease and probes, else 0",
+            "1 while this replica holds the Lease and exports (watches and probes), else 0 \
+             (a standby)",
             metrics.leader.clone(),
         );
         registry.register(
             "prober_leader_transitions",
-            "Changes of this replica's probe leadership: acquired, lost (taken over, or not \
-             renewed in time), released (at shutdown)",
+            "Changes of this replica's leadership: acquired, lost (taken over, or not renewed \
+             in time; the replica then exits), released (at shutdown)",
             metrics.transitions.clone(),
         );
         registry.register(
             "prober_lease_errors",
-            "Failed requests for the probe Lease; each is retried with backoff",
+            "Failed requests for the Lease; each is retried with backoff",
             metrics.errors.clone(),
         );
         // Every transition is a series from the start, so increase() sees the first one.
@@ -152,8 +160,10 @@ impl LeaderMetrics {
     }
 }
 
-/// Starts competing for the Lease. The receiver is true while this replica should probe;
-/// the task ends after `shutdown` turns true and the Lease is released.
+/// Starts competing for the Lease. The receiver is true while this replica leads (should
+/// export). The task ends after `shutdown` turns true and the Lease is released, or, with
+/// the receiver's last value false, when this replica loses the Lease after leading (it
+/// does not compete again: see the module docs).
 pub fn start(
     client: Client,
     settings: LeaderSettings,
@@ -175,6 +185,7 @@ pub fn start(
         safe_until: None,
         retry_at: None,
         failures: 0,
+        lost: false,
     };
     (leadership, tokio::spawn(elector.run(shutdown)))
 }
@@ -201,6 +212,8 @@ struct Elector {
     retry_at: Option<Instant>,
     /// Consecutive failures, for the backoff.
     failures: u32,
+    /// Led, then lost the Lease: the election is over for this replica.
+    lost: bool,
 }
 
 enum Wake {
@@ -217,7 +230,7 @@ impl Elector {
             lease = %format!("{}/{}", self.settings.namespace, self.settings.lease_name),
             identity = %self.settings.identity,
             lease_duration = ?self.settings.lease_duration,
-            "probing only while holding the probe Lease"
+            "competing for the Lease: only its holder exports"
         );
         let mut poll = tokio::time::interval(self.settings.retry_period);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -275,6 +288,9 @@ impl Elector {
                 Wake::Deadline => {}
             }
             self.update_leadership();
+            if self.lost {
+                break;
+            }
         }
         self.release().await;
     }
@@ -339,7 +355,7 @@ impl Elector {
             Some(other) => {
                 self.safe_until = None;
                 if self.holder {
-                    tracing::warn!(holder = %other, "another replica holds the probe Lease now");
+                    tracing::warn!(holder = %other, "another replica holds the Lease now");
                     self.holder = false;
                     self.restart_manager();
                 }
@@ -354,7 +370,7 @@ impl Elector {
                 {
                     // Released (or never held): try to take it now rather than when the
                     // manager next wakes up (it sleeps until the old holder's term ends).
-                    tracing::debug!("the probe Lease is free: trying to take it");
+                    tracing::debug!("the Lease is free: trying to take it");
                     self.restart_manager();
                 }
             }
@@ -388,7 +404,8 @@ impl Elector {
         );
     }
 
-    /// Leader while the manager says we hold the Lease and our hold is confirmed.
+    /// Leader while the manager says we hold the Lease and our hold is confirmed. Losing
+    /// it after leading ends the election (`lost`).
     fn update_leadership(&mut self) {
         let confirmed = self.safe_until.is_some_and(|until| until > Instant::now());
         let leader = self.holder && confirmed;
@@ -400,23 +417,25 @@ impl Elector {
         self.metrics.leader.set(i64::from(leader));
         if leader {
             self.metrics.transition("acquired");
-            tracing::info!(identity = %self.settings.identity, "holding the probe Lease: probing");
-        } else {
-            self.metrics.transition("lost");
-            if self.holder {
-                tracing::warn!(
-                    "the probe Lease could not be renewed in time: probing stops until it is"
-                );
-                // Our hold is not confirmed: start over, the Lease says who holds it.
-                self.holder = false;
-                self.restart_manager();
-            } else {
-                tracing::info!("no longer holding the probe Lease: probing stops");
-            }
+            tracing::info!(identity = %self.settings.identity, "holding the Lease: leading");
+            return;
         }
+        self.metrics.transition("lost");
+        if self.holder {
+            tracing::warn!(
+                "the Lease could not be renewed in time: no longer leading, leaving the election"
+            );
+        } else {
+            tracing::warn!("no longer holding the Lease: no longer leading, leaving the election");
+        }
+        // Whether the Lease is still ours in the API server or not, it is not ours to
+        // release: its renewal was not confirmed, or another replica holds it.
+        self.holder = false;
+        self.restart_manager();
+        self.lost = true;
     }
 
-    /// Shutdown: stop probing, then free the Lease for another replica.
+    /// Shutdown: stop leading, then free the Lease for another replica (if it holds it).
     async fn release(mut self) {
         let was_leader = *self.publish.borrow();
         self.publish.send_replace(false);
@@ -437,7 +456,7 @@ impl Elector {
                 if was_leader {
                     self.metrics.transition("released");
                 }
-                tracing::info!("released the probe Lease");
+                tracing::info!("released the Lease");
             }
             Ok(Err(error)) => self.count_error("cannot release the Lease", &error),
             Err(_) => self.count_error("cannot release the Lease", "no answer in time"),

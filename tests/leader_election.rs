@@ -1,7 +1,11 @@
-//! Leader-elected probing (`[probes.leader_election]`): of several replicas only the
-//! holder of the Lease probes; killing it moves probing to another within the lease
-//! duration, stopping it (SIGTERM) hands over at once through the Lease's release, and the
-//! gap shows as a gap, never as downtime. Plus the start-up errors of a bad setup.
+//! Leader election (`[probes.leader_election]`), active/passive: of several replicas only
+//! the holder of the Lease watches, probes and exports workload and probe series; the
+//! others stand by, live and ready, with nothing but self-metrics. Killing the holder
+//! moves the whole exporter to a standby within the lease duration (its first pod list is
+//! a baseline; it counts what happens after); stopping it (SIGTERM) hands over at once
+//! through the Lease's release; a holder that loses the Lease (taken from it, or not
+//! renewed in time) stops and exits non-zero, as Kubernetes would then restart it as a
+//! standby. Plus the start-up errors of a bad setup.
 //!
 //! Timing bounds here are generous on purpose (several lease durations): the measured
 //! hand-over times are printed, not asserted tightly.
@@ -18,6 +22,10 @@ use serde_json::{Value, json};
 const LEASE: &str = "selfheal-exporter-prober";
 /// The lease duration of replicas A and C.
 const SHORT_LEASE: Duration = Duration::from_secs(3);
+/// Bound on a hand-over or an exit (the measured times are printed).
+const GENEROUS: Duration = Duration::from_secs(30);
+/// The observed pod; its only container is `api`.
+const POD: &str = "api-0";
 
 /// A replica's config: one static target probed every 100 ms, leader election with
 /// `lease` (namespace and identity from POD_NAMESPACE / POD_NAME).
@@ -50,9 +58,35 @@ fn successes(scrape: &Scrape) -> f64 {
     )
 }
 
-fn probes_anything(scrape: &Scrape) -> bool {
-    scrape.has("selfheal_probe_requests_total", &[("target", "api")])
-        || scrape.has("selfheal_probe_up", &[("target", "api")])
+fn restarts(scrape: &Scrape, reason: &str) -> Option<f64> {
+    scrape.get(
+        "selfheal_container_restarts_total",
+        &[("workload", POD), ("container", "api"), ("reason", reason)],
+    )
+}
+
+fn oom_kills(scrape: &Scrape) -> Option<f64> {
+    scrape.get(
+        "selfheal_container_oom_kills_total",
+        &[("workload", POD), ("container", "api")],
+    )
+}
+
+/// Samples of workload or probe series: every such series names a workload or a target.
+fn exported_series(scrape: &Scrape) -> Vec<&str> {
+    scrape
+        .text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| line.contains("workload=\"") || line.contains("target=\""))
+        .collect()
+}
+
+/// The kubelet's report of the `n`th restart of the pod's container: it died with
+/// `reason`/`exit_code` just now and runs, ready, again.
+fn restart(cluster: &Cluster, n: u32, reason: &str, exit_code: i32) {
+    let died = death(reason, exit_code, &format!("api-{n}"), now_s());
+    cluster.set_status(POD, running(n, true, Some(died)));
 }
 
 fn lease(cluster: &Cluster) -> Value {
@@ -69,18 +103,22 @@ fn holder(cluster: &Cluster) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Scrapes `daemon` until it probes as the leader (gauge 1, successful probes), returning
-/// the time that took.
+/// Scrapes `daemon` until it leads and probes (gauge 1, successful probes), then waits
+/// until its watches have listed (ready); returns the time until it probed.
 async fn wait_until_leading(daemon: &Daemon, what: &str, bound: Duration) -> Duration {
     let started = Instant::now();
     loop {
         let scrape = daemon.scrape().await;
         if leader(&scrape) == Some(1.0) && successes(&scrape) > 0.0 {
-            return started.elapsed();
+            let took = started.elapsed();
+            // The watches registered for readiness before the prober started: ready now
+            // means they have listed (the baseline).
+            daemon.wait_ready().await;
+            return took;
         }
         if started.elapsed() > bound {
             panic!(
-                "{what}: not probing as the leader within {bound:?}; last scrape:\n{}\nlog:\n{}",
+                "{what}: not leading within {bound:?}; last scrape:\n{}\nlog:\n{}",
                 scrape.text,
                 daemon.log()
             );
@@ -89,23 +127,46 @@ async fn wait_until_leading(daemon: &Daemon, what: &str, bound: Duration) -> Dur
     }
 }
 
-/// Over `window`, the leader's successful probes advance and the standby has no probe
-/// series at all.
-async fn exactly_one_probes(leading: &Daemon, standby: &Daemon, window: Duration) {
+/// Over `window`, the leader keeps probing and exports the pod's series; the standby has
+/// no workload, probe or watch series at all, and is live and ready.
+async fn exactly_one_exports(leading: &Daemon, standby: &Daemon, window: Duration) {
     let before = successes(&leading.scrape().await);
     tokio::time::sleep(window).await;
     let (lead, stand) = (leading.scrape().await, standby.scrape().await);
     assert_eq!(leader(&lead), Some(1.0), "{}", lead.text);
-    assert_eq!(leader(&stand), Some(0.0), "{}", stand.text);
     assert!(
         successes(&lead) > before,
         "the leader keeps probing: {before} then {}",
         successes(&lead)
     );
     assert!(
-        !probes_anything(&stand),
-        "the standby probes nothing:\n{}",
+        oom_kills(&lead).is_some(),
+        "the leader exports the pod's series:\n{}",
+        lead.text
+    );
+    assert_eq!(leader(&stand), Some(0.0), "{}", stand.text);
+    assert_eq!(
+        exported_series(&stand),
+        Vec::<&str>::new(),
+        "the standby exports no workload or probe series"
+    );
+    assert!(
+        !stand.has("selfheal_watch_events_total", &[]),
+        "the standby watches nothing:\n{}",
         stand.text
+    );
+    assert_eq!(stand.get("selfheal_build_info", &[]), Some(1.0));
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            standby.get(path, None).await.map(|(status, _)| status),
+            Some(200),
+            "the standby answers {path}"
+        );
+    }
+    assert!(
+        standby.log().contains("standing by"),
+        "the standby says so:\n{}",
+        standby.log()
     );
 }
 
@@ -139,17 +200,24 @@ fn micro_time_now() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_replica_probes_and_probing_moves_when_it_dies_or_stops() {
+async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_loses_the_lease() {
     let cluster = Cluster::start().await;
     let target = Flaky::start().await;
+    cluster.create_pod(POD, None, json!({}));
+    cluster.set_status(POD, running(0, true, None));
 
-    // A starts first and takes the Lease; B is its standby.
+    // A starts first and takes the Lease; B stands by.
     let mut a =
         Daemon::start_with_env(&cluster, &config(target.port, SHORT), &pod("replica-a")).await;
-    wait_until_leading(&a, "A, alone", Duration::from_secs(30)).await;
+    wait_until_leading(&a, "A, alone", GENEROUS).await;
     let mut b =
         Daemon::start_with_env(&cluster, &config(target.port, LONG), &pod("replica-b")).await;
-    exactly_one_probes(&a, &b, Duration::from_millis(1500)).await;
+    restart(&cluster, 1, "OOMKilled", 137);
+    a.wait_for("A to count the OOMKill", |s| {
+        restarts(s, "OOMKilled") == Some(1.0) && oom_kills(s) == Some(1.0)
+    })
+    .await;
+    exactly_one_exports(&a, &b, Duration::from_millis(1500)).await;
     assert_eq!(holder(&cluster).as_deref(), Some("replica-a"));
     let managed = &lease(&cluster)["metadata"]["managedFields"];
     assert!(
@@ -159,67 +227,31 @@ async fn one_replica_probes_and_probing_moves_when_it_dies_or_stops() {
         "the Lease was locked by server-side apply: {managed}"
     );
 
-    // SIGKILL A: it releases nothing; B takes over once A's lease has expired.
+    // SIGKILL A: it releases nothing; B takes over once A's lease has expired, lists the
+    // pods (a baseline: the restart A counted is not counted again) and counts from there.
     a.kill();
-    let killed_handover = wait_until_leading(&b, "B after A's SIGKILL", 3 * SHORT_LEASE).await;
+    let killed_handover = wait_until_leading(&b, "B after A's SIGKILL", GENEROUS).await;
     eprintln!(
-        "hand-over after SIGKILL of the holder: {:.2} s (lease duration {:?})",
+        "hand-over after SIGKILL of the holder: {:.2} s until the new leader probed (lease \
+         duration {SHORT_LEASE:?})",
         killed_handover.as_secs_f64(),
-        SHORT_LEASE
     );
     assert_eq!(holder(&cluster).as_deref(), Some("replica-b"));
+    let baseline = b.scrape().await;
+    assert_eq!(oom_kills(&baseline), Some(0.0), "{}", baseline.text);
+    assert_eq!(restarts(&baseline, "OOMKilled"), None, "{}", baseline.text);
+    restart(&cluster, 2, "Error", 1);
+    b.wait_for("B to count the restart after taking over", |s| {
+        restarts(s, "Error") == Some(1.0)
+    })
+    .await;
     no_downtime(&b.scrape().await, "B after taking over");
-
-    // Someone else takes the Lease: B stops probing and drops its probe series at once;
-    // when the Lease is free again B takes it back and starts over with fresh series.
-    let store = cluster.lab.store();
-    store
-        .patch(
-            &LEASES,
-            NS,
-            LEASE,
-            &Patch::Merge(json!({"spec": {"holderIdentity": "intruder",
-                "renewTime": micro_time_now(), "leaseDurationSeconds": 60}})),
-        )
-        .expect("steal the Lease");
-    let lost = b
-        .wait_for("B to step down", |s| {
-            leader(s) == Some(0.0) && !probes_anything(s)
-        })
-        .await;
-    assert_eq!(
-        lost.get(
-            "selfheal_prober_leader_transitions_total",
-            &[("transition", "lost")]
-        ),
-        Some(1.0),
-        "{}",
-        lost.text
-    );
-    store
-        .patch(
-            &LEASES,
-            NS,
-            LEASE,
-            &Patch::Merge(json!({"spec": {"holderIdentity": null, "renewTime": null,
-                "acquireTime": null, "leaseDurationSeconds": null}})),
-        )
-        .expect("free the Lease");
-    wait_until_leading(&b, "B once the Lease is free", 3 * SHORT_LEASE).await;
-    let again = b.scrape().await;
-    no_downtime(&again, "B after taking the Lease back");
-    assert_eq!(
-        again.get(
-            "selfheal_prober_leader_transitions_total",
-            &[("transition", "acquired")]
-        ),
-        Some(2.0)
-    );
 
     // C joins as B's standby; SIGTERM B: it releases the Lease and C takes over at once,
     // long before B's 20 s lease (renewed 5 s before its end) could have expired.
-    let c = Daemon::start_with_env(&cluster, &config(target.port, SHORT), &pod("replica-c")).await;
-    exactly_one_probes(&b, &c, Duration::from_millis(1500)).await;
+    let mut c =
+        Daemon::start_with_env(&cluster, &config(target.port, SHORT), &pod("replica-c")).await;
+    exactly_one_exports(&b, &c, Duration::from_millis(1500)).await;
     let stopping = Instant::now();
     let (status, exit_after) = b.terminate();
     assert!(
@@ -232,14 +264,15 @@ async fn one_replica_probes_and_probing_moves_when_it_dies_or_stops() {
         "B exits within 5 s: {exit_after:?}"
     );
     assert!(
-        b.log().contains("released the probe Lease"),
+        b.log().contains("released the Lease"),
         "B released the Lease:\n{}",
         b.log()
     );
-    let from_exit = wait_until_leading(&c, "C after B's SIGTERM", 3 * SHORT_LEASE).await;
+    let from_exit = wait_until_leading(&c, "C after B's SIGTERM", GENEROUS).await;
     let released_handover = stopping.elapsed();
     eprintln!(
-        "hand-over after SIGTERM of the holder: {:.2} s from the signal ({:.2} s after B exited in {:.2} s)",
+        "hand-over after SIGTERM of the holder: {:.2} s from the signal until the new leader \
+         had listed ({:.2} s after B exited in {:.2} s)",
         released_handover.as_secs_f64(),
         from_exit.as_secs_f64(),
         exit_after.as_secs_f64()
@@ -250,46 +283,80 @@ async fn one_replica_probes_and_probing_moves_when_it_dies_or_stops() {
          its end, cannot have expired that soon, so it was released"
     );
     assert_eq!(holder(&cluster).as_deref(), Some("replica-c"));
-    no_downtime(&c.scrape().await, "C after the hand-over");
+    restart(&cluster, 3, "OOMKilled", 137);
+    let counted = c
+        .wait_for("C to count the OOMKill after taking over", |s| {
+            restarts(s, "OOMKilled") == Some(1.0) && oom_kills(s) == Some(1.0)
+        })
+        .await;
+    assert_eq!(restarts(&counted, "Error"), None, "fresh counters");
+    no_downtime(&counted, "C after the hand-over");
+
+    // Someone else takes the Lease: C stops at once and exits non-zero (Kubernetes then
+    // restarts it as a standby), releasing nothing.
+    cluster
+        .lab
+        .store()
+        .patch(
+            &LEASES,
+            NS,
+            LEASE,
+            &Patch::Merge(json!({"spec": {"holderIdentity": "intruder",
+                "renewTime": micro_time_now(), "leaseDurationSeconds": 60}})),
+        )
+        .expect("steal the Lease");
+    let (status, took) = c
+        .wait_exit(GENEROUS)
+        .await
+        .unwrap_or_else(|| panic!("C still runs after losing the Lease:\n{}", c.log()));
+    eprintln!(
+        "exit after the Lease was taken from the holder: {:.2} s",
+        took.as_secs_f64()
+    );
+    assert_eq!(status.code(), Some(1), "C exits 1: {status:?}\n{}", c.log());
+    let log = c.log();
+    assert!(
+        log.contains("lost the Lease") && !log.contains("released the Lease"),
+        "{log}"
+    );
+    assert_eq!(holder(&cluster).as_deref(), Some("intruder"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_that_cannot_renew_stops_probing_before_its_lease_expires() {
+async fn a_holder_that_cannot_renew_exits_and_comes_back_as_a_standby() {
     let cluster = Cluster::start().await;
     let target = Flaky::start().await;
-    let daemon =
+    let mut daemon =
         Daemon::start_with_env(&cluster, &config(target.port, SHORT), &pod("replica-a")).await;
-    wait_until_leading(&daemon, "the only replica", Duration::from_secs(30)).await;
+    wait_until_leading(&daemon, "the only replica", GENEROUS).await;
 
     // The API server fails every request: no renewal gets through. The holder stops
-    // probing (and drops its probe series) before its lease could have passed to
-    // another replica, counts the failures, and keeps retrying.
+    // leading half of grace before its lease could have passed to another replica, then
+    // stops and exits non-zero.
     cluster.lab.faults().fail_next(u64::MAX, 500);
-    let failing = Instant::now();
-    let stopped = daemon
-        .wait_for("the holder to stop probing", |s| {
-            leader(s) == Some(0.0) && !probes_anything(s)
-        })
-        .await;
+    let (status, took) = daemon
+        .wait_exit(GENEROUS)
+        .await
+        .unwrap_or_else(|| panic!("still runs:\n{}", daemon.log()));
     eprintln!(
-        "stopped probing {:.2} s after the API server began failing (lease duration {SHORT_LEASE:?})",
-        failing.elapsed().as_secs_f64()
+        "exited {:.2} s after the API server began failing (lease duration {SHORT_LEASE:?})",
+        took.as_secs_f64()
     );
+    assert_eq!(status.code(), Some(1), "{status:?}\n{}", daemon.log());
+    let log = daemon.log();
     assert!(
-        failing.elapsed() < 3 * SHORT_LEASE,
-        "{:?}",
-        failing.elapsed()
+        log.contains("could not be renewed in time") && log.contains("lost the Lease"),
+        "{log}"
     );
-    assert!(
-        stopped.sum("selfheal_prober_lease_errors_total", &[]) >= 1.0,
-        "{}",
-        stopped.text
-    );
+    assert!(took < 3 * SHORT_LEASE, "{took:?}");
 
-    // The API server is back: it takes the Lease again and probes.
+    // The API server is back; restarted (as Kubernetes does), the replica takes the Lease
+    // again and exports.
     cluster.lab.faults().clear();
-    wait_until_leading(&daemon, "the replica, API server back", 3 * SHORT_LEASE).await;
-    no_downtime(&daemon.scrape().await, "after the API server outage");
+    let again =
+        Daemon::start_with_env(&cluster, &config(target.port, SHORT), &pod("replica-a")).await;
+    wait_until_leading(&again, "the restarted replica", GENEROUS).await;
+    no_downtime(&again.scrape().await, "after the restart");
 }
 
 /// B renews its 20 s lease 5 s before the end, so it always has at least 5 s left: a

@@ -9,12 +9,13 @@
 //! ([`TargetChange`]: Service discovery); a removed target's series stay for the
 //! retention, like a workload's.
 //!
-//! With leader election ([`Prober::with_leadership`], see `crate::leader`) the prober keeps
-//! its targets but runs their schedulers only while this replica holds the probe Lease.
-//! On gaining it every target starts with a fresh tracker, so the time nobody probed is a
-//! gap in the series, never downtime (failures before a target's first success are no
-//! outage). On losing it every scheduler stops and every probe series goes at once: the
-//! new holder exports them now.
+//! With leader election (see `crate::leader`) the daemon runs the prober only on the
+//! replica holding the Lease, started when it acquires it, and gives it the leadership
+//! ([`Prober::with_leadership`]): it probes only while that is true. Every target starts
+//! with a fresh tracker, so the time nobody probed is a gap in the series, never downtime
+//! (failures before a target's first success are no outage). When leadership ends (the
+//! Lease lost, or released at shutdown) every scheduler stops and every probe series goes
+//! at once, before the daemon itself stops.
 
 pub mod discovery;
 pub mod http;
@@ -154,7 +155,7 @@ impl Prober {
         Ok(prober)
     }
 
-    /// Probes only while `leadership` is true (this replica holds the probe Lease).
+    /// Probes only while `leadership` is true (this replica holds the Lease).
     pub fn with_leadership(mut self, leadership: watch::Receiver<bool>) -> Prober {
         self.leadership = Some(leadership);
         self
@@ -174,7 +175,7 @@ impl Prober {
                 tracing::info!(target = %spec.name, url = %spec.url, interval = ?spec.interval, "probing");
             }
             if self.leadership.is_some() {
-                tracing::info!(targets = self.targets.len(), "probe leader: probing");
+                tracing::info!(targets = self.targets.len(), "leading: probing");
             }
             return;
         }
@@ -192,7 +193,7 @@ impl Prober {
         }
         tracing::info!(
             targets = self.targets.len(),
-            "not the probe leader: probing stopped, probe series removed"
+            "not leading: probing stopped, probe series removed"
         );
     }
 

@@ -278,6 +278,18 @@ impl Daemon {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to `bound`) for the process to exit by itself; `None` if it still runs.
+    pub async fn wait_exit(&mut self, bound: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        while started.elapsed() < bound {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some((status, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Sends SIGTERM and waits (up to 30 s) for the exit.
     pub fn terminate(&mut self) -> (ExitStatus, Duration) {
         let started = Instant::now();
