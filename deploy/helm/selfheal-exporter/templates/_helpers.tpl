@@ -54,7 +54,7 @@ The headless Service of the sharded StatefulSet (its spec.serviceName).
 {{- end }}
 
 {{/*
-The probe Lease's name (leaderElection.leaseName, else <fullname>-prober).
+The Lease's name (leaderElection.leaseName, else <fullname>-prober).
 */}}
 {{- define "selfheal-exporter.leaseName" -}}
 {{- default (printf "%s-prober" (include "selfheal-exporter.fullname" . | trunc 56 | trimSuffix "-")) .Values.leaderElection.leaseName }}
