@@ -21,8 +21,9 @@
 //!   soon as `/metrics` has `BENCH_SCRAPE_SERIES` (100,000) series, the updates pause, the
 //!   daemon is let go idle and five `GET /metrics` are timed (goal: under 250 ms); the
 //!   same is done again at the end, with every series the run creates. (With 100,000
-//!   pods the initial sync alone creates about 183,000 series, so the first measurement
-//!   comes before any update.)
+//!   pods the initial sync creates about 35,000 series; the OOMKill cycles add the
+//!   crashloop gauges and the time-to-recover histograms, so the 100,000 mark comes about
+//!   a third of the way through the updates.)
 //! - `drain` — the daemon's own event throughput, unconstrained by the lab. The lab is
 //!   slower than the daemon on both ends: its writer takes about 5,000 writes/s, and its
 //!   watch encodes each event from a `serde_json::Value` on a single task (about
@@ -40,7 +41,8 @@
 //!   serialized from the same `Value` by the same serializer); afterwards, with the
 //!   daemon and the lab idle, one thread decodes those lines with `serde_json` alone into
 //!   `selfheal_exporter::kube_types::SlimPod` inside a `WatchEvent { type, object }`,
-//!   best of three passes. Goal: drain rate ≥ 2/3 of that. A second round repeats the
+//!   best of three passes (with the daemon's allocator, mimalloc, as this process's, so
+//!   that both sides allocate alike). Goal: drain rate ≥ 2/3 of that. A second round repeats the
 //!   drain with the proxy holding back (so the lab's watch blocks, as on a direct
 //!   connection) to show the rate when the lab's encoder feeds the daemon live.
 //! - `churn` — memory under pod churn. `BENCH_CHURN_PODS` (10,000) pods; the daemon runs
@@ -94,6 +96,11 @@ use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Stor
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The daemon's allocator, so that the `serde_json`-alone baseline of the drain phase
+/// decodes (and allocates) under the same conditions as the daemon.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const MIB: f64 = 1024.0 * 1024.0;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
