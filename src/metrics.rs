@@ -2,7 +2,7 @@
 //! [`Observation`]. Names and labels are a public contract (dashboards and alerts use
 //! them); see the metric table in README.md.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -103,7 +103,7 @@ pub struct Metrics {
     evictions: GuardedFamily<WorkloadLabels, Counter>,
     observed_containers: Gauge,
     anomalies: Family<AnomalyLabels, Counter>,
-    series: HashMap<Arc<Workload>, WorkloadSeries>,
+    series: foldhash::HashMap<Arc<Workload>, WorkloadSeries>,
 }
 
 impl Metrics {
@@ -128,7 +128,7 @@ impl Metrics {
             evictions: GuardedFamily::new("selfheal_pod_evictions", guard),
             observed_containers: Gauge::default(),
             anomalies: Family::default(),
-            series: HashMap::new(),
+            series: foldhash::HashMap::default(),
         };
         registry.register(
             "container_restarts",

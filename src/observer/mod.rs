@@ -22,7 +22,7 @@ mod workloads;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
@@ -303,7 +303,8 @@ const DEFAULT_GRACE: SignedDuration = SignedDuration::from_secs(30);
 #[derive(Debug)]
 pub struct Observer {
     config: ObserverConfig,
-    pods: HashMap<Arc<str>, PodState>,
+    /// By UID. foldhash rather than SipHash: two lookups per watch event.
+    pods: foldhash::HashMap<Arc<str>, PodState>,
     workloads: WorkloadBook,
     shared: Shared,
     streams: Vec<StreamState>,
@@ -329,7 +330,7 @@ impl Observer {
         };
         Observer {
             config,
-            pods: HashMap::new(),
+            pods: foldhash::HashMap::default(),
             workloads: WorkloadBook::default(),
             shared,
             streams: vec![StreamState::default(); streams.max(1)],

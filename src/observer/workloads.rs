@@ -7,7 +7,6 @@
 //! deliberate scale-down from an outage. When its last pod is gone, its series are kept
 //! for the retention period, so a replacement pod continues the same counters.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -28,7 +27,7 @@ struct WorkloadState {
 
 #[derive(Debug, Default)]
 pub struct WorkloadBook {
-    workloads: HashMap<Arc<Workload>, WorkloadState>,
+    workloads: foldhash::HashMap<Arc<Workload>, WorkloadState>,
 }
 
 impl WorkloadBook {
