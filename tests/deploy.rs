@@ -595,6 +595,21 @@ fn kinds(render: &Render) -> BTreeMap<String, usize> {
     counts
 }
 
+/// An overlay keeps the base's namespace (for namespaced objects) and common label.
+fn assert_base_namespace_and_label(render: &Render) {
+    for object in &render.objects {
+        if kind(object) != "Namespace" && !kind(object).starts_with("ClusterRole") {
+            assert_eq!(namespace(object), "selfheal-system", "{}", id(object));
+        }
+        assert_eq!(
+            str_of(object, "/metadata/labels/app.kubernetes.io~1part-of"),
+            "selfheal-exporter",
+            "{}: the base's common label",
+            id(object)
+        );
+    }
+}
+
 #[test]
 fn kustomize_base_and_operator_overlay_render() {
     let (Some(base), Some(operator)) = (base(), operator()) else {
@@ -657,17 +672,7 @@ fn kustomize_sharded_overlay_renders() {
     expected.insert("StatefulSet".into(), 1);
     *expected.get_mut("Service").expect("Service") += 1;
     assert_eq!(kinds(sharded), expected, "{}", sharded.text);
-    for object in &sharded.objects {
-        if kind(object) != "Namespace" && !kind(object).starts_with("ClusterRole") {
-            assert_eq!(namespace(object), "selfheal-system", "{}", id(object));
-        }
-        assert_eq!(
-            str_of(object, "/metadata/labels/app.kubernetes.io~1part-of"),
-            "selfheal-exporter",
-            "{}: the base's common label",
-            id(object)
-        );
-    }
+    assert_base_namespace_and_label(sharded);
     let statefulset = sharded.workload();
     assert_eq!(name(statefulset), "selfheal-exporter");
     assert_eq!(
@@ -767,17 +772,7 @@ fn kustomize_leader_elected_overlay_renders() {
     expected.insert("Role".into(), 1);
     expected.insert("RoleBinding".into(), 1);
     assert_eq!(kinds(elected), expected, "{}", elected.text);
-    for object in &elected.objects {
-        if kind(object) != "Namespace" && !kind(object).starts_with("ClusterRole") {
-            assert_eq!(namespace(object), "selfheal-system", "{}", id(object));
-        }
-        assert_eq!(
-            str_of(object, "/metadata/labels/app.kubernetes.io~1part-of"),
-            "selfheal-exporter",
-            "{}: the base's common label",
-            id(object)
-        );
-    }
+    assert_base_namespace_and_label(elected);
     let deployment = elected.workload();
     assert_eq!(kind(deployment), "Deployment");
     assert_eq!(deployment["spec"]["replicas"], 2, "a leader and a standby");
