@@ -228,7 +228,10 @@ impl WatchLoop {
                 });
             match spawned {
                 Ok(_) => {
-                    let _ = finished.await;
+                    if finished.await.is_err() {
+                        // Only a panic drops the sender unsent (the panic itself is on stderr).
+                        tracing::error!("the watch thread died; restart the exporter");
+                    }
                 }
                 // The watches never start: /readyz stays 503, which says so.
                 Err(error) => tracing::error!(%error, "cannot start the watch thread"),
