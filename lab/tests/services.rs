@@ -158,6 +158,22 @@ async fn ask(node_port: u16) -> Option<String> {
     }
 }
 
+/// Whether an HTTP request through the node port gets an HTTP response.
+async fn http_answers(node_port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", node_port)).await else {
+        return false;
+    };
+    let request = b"GET /grade HTTP/1.1\r\nhost: lab\r\nconnection: close\r\n\r\n";
+    if s.write_all(request).await.is_err() {
+        return false;
+    }
+    let mut out = String::new();
+    match tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await {
+        Ok(Ok(_)) => out.starts_with("HTTP/1.1 "),
+        _ => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpointslice_follows_pod_readiness() {
     let (lab, services) = lab_and_controller().await;
@@ -442,13 +458,16 @@ async fn load_through_node_port_sees_only_the_real_downtime() {
     create_pod(&lab, "grade-submission-api", ip, addr.port());
     set_ready(&lab, "grade-submission-api", true);
     create_service(&lab, Some(node_port), json!(addr.port()));
+    assert!(services.wait_for_node_port(node_port, WAIT).await);
+    // An HTTP answer through the node port, not just a listening port: the proxy may
+    // listen a moment before it knows the ready endpoint, and the load must not start
+    // in that moment (it would count it as an outage).
     eventually(
-        "node port answers",
-        async || TcpStream::connect(("127.0.0.1", node_port)).await.is_ok(),
+        "node port serves the pod",
+        async || http_answers(node_port).await,
         |up| *up,
     )
     .await;
-    assert!(services.wait_for_node_port(node_port, WAIT).await);
 
     let config = selfheal_lab::load::LoadConfig::new(
         format!("http://127.0.0.1:{node_port}/grade"),
