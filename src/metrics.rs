@@ -2,7 +2,6 @@
 //! [`Observation`]. Names and labels are a public contract (dashboards and alerts use
 //! them); see the metric table in README.md.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -88,8 +87,9 @@ impl MetricConstructor<Histogram> for Buckets {
 /// (prometheus-client removes series only by exact label set).
 #[derive(Default)]
 struct WorkloadSeries {
-    containers: HashSet<Arc<str>>,
-    reasons: HashSet<(Arc<str>, Cause)>,
+    // foldhash: consulted on every update.
+    containers: foldhash::HashSet<Arc<str>>,
+    reasons: foldhash::HashSet<(Arc<str>, Cause)>,
 }
 
 pub struct Metrics {
