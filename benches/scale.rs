@@ -42,7 +42,9 @@
 //!   daemon and the lab idle, one thread decodes those lines with `serde_json` alone into
 //!   `selfheal_exporter::kube_types::SlimPod` inside a `WatchEvent { type, object }`,
 //!   best of three passes (with the daemon's allocator, mimalloc, as this process's, so
-//!   that both sides allocate alike). Goal: drain rate ≥ 2/3 of that. A second round repeats the
+//!   that both sides allocate alike). The frozen-daemon drain is likewise repeated
+//!   `BENCH_DRAIN_ROUNDS` (3) times and the best kept, every round's rate printed: on
+//!   this machine a single drain varies by ±10 % from run to run. Goal: drain rate ≥ 2/3 of that. A second round repeats the
 //!   drain with the proxy holding back (so the lab's watch blocks, as on a direct
 //!   connection) to show the rate when the lab's encoder feeds the daemon live.
 //! - `churn` — memory under pod churn. `BENCH_CHURN_PODS` (10,000) pods; the daemon runs
@@ -219,6 +221,7 @@ struct Settings {
     scrape_series: usize,
     drain_pods: usize,
     drain_updates: usize,
+    drain_rounds: usize,
     churn_pods: usize,
     churn_per_min: usize,
     churn_secs: u64,
@@ -266,6 +269,7 @@ impl Settings {
             scrape_series: env_number("BENCH_SCRAPE_SERIES", full(SCRAPE_GOAL_SERIES, 1_000))?,
             drain_pods: env_number("BENCH_DRAIN_PODS", full(10_000, 200))?,
             drain_updates: env_number("BENCH_DRAIN_UPDATES", full(100_000, 2_000))?,
+            drain_rounds: env_number("BENCH_DRAIN_ROUNDS", full(3, 1))?.max(1),
             churn_pods: env_number("BENCH_CHURN_PODS", full(10_000, 200))?,
             churn_per_min: env_number("BENCH_CHURN_PER_MIN", 1_000)?,
             churn_secs: env_number("BENCH_CHURN_SECS", full(300, 20))? as u64,
@@ -836,27 +840,48 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         .await?;
 
     // Round 1, the daemon's own capacity: frozen daemon, N updates written, the lab's
-    // watch encodes them all into the proxy's buffer; then SIGCONT.
-    daemon.signal("STOP")?;
-    daemon.wait_state('T', Duration::from_secs(5)).await?;
-    eprintln!(
-        "scale[{phase}]: daemon (pid {}) frozen (SIGSTOP); writing {updates} updates into the lab…",
-        daemon.pid
-    );
-    let received_before = proxy.received();
-    let write_started = Instant::now();
-    let (fleet, lines) = stream(fleet, &store, updates, true).await?;
-    let write_time = write_started.elapsed();
-    let line_bytes: usize = lines.iter().map(Vec::len).sum();
-    let buffered = proxy
-        .wait_buffered(received_before, line_bytes as u64, settings.timeout)
-        .await?;
-    target += updates as f64;
-    eprintln!(
-        "scale[{phase}]: the proxy holds {:.1} MB of watch stream; SIGCONT, measuring the drain…",
-        buffered as f64 / 1e6
-    );
-    let own = measure_drain(&daemon, target, settings.timeout, clk_tck).await?;
+    // watch encodes them all into the proxy's buffer; then SIGCONT. Repeated
+    // `BENCH_DRAIN_ROUNDS` times and the best kept, as for the serde_json baseline (best
+    // of 3 passes): this machine's noise moves a single drain by ±10 %.
+    let rounds = settings.drain_rounds;
+    let mut drains: Vec<(Drain, Duration, usize, u64)> = Vec::with_capacity(rounds);
+    let mut fleet = fleet;
+    let mut lines = Vec::new();
+    for round in 1..=rounds {
+        daemon.signal("STOP")?;
+        daemon.wait_state('T', Duration::from_secs(5)).await?;
+        eprintln!(
+            "scale[{phase}]: round 1.{round} of {rounds}: daemon (pid {}) frozen (SIGSTOP); writing {updates} updates into the lab…",
+            daemon.pid
+        );
+        let received_before = proxy.received();
+        let write_started = Instant::now();
+        let (next, round_lines) = stream(fleet, &store, updates, true).await?;
+        fleet = next;
+        let write_time = write_started.elapsed();
+        let line_bytes: usize = round_lines.iter().map(Vec::len).sum();
+        let buffered = proxy
+            .wait_buffered(received_before, line_bytes as u64, settings.timeout)
+            .await?;
+        target += updates as f64;
+        eprintln!(
+            "scale[{phase}]: the proxy holds {:.1} MB of watch stream; SIGCONT, measuring the drain…",
+            buffered as f64 / 1e6
+        );
+        let drain = measure_drain(&daemon, target, settings.timeout, clk_tck).await?;
+        drains.push((drain, write_time, line_bytes, buffered));
+        lines = round_lines;
+    }
+    let all_rates: Vec<String> = drains
+        .iter()
+        .map(|(drain, ..)| format!("{:.0}", updates as f64 / drain.wall))
+        .collect();
+    let best = drains
+        .iter()
+        .enumerate()
+        .min_by(|(_, a), (_, b)| a.0.wall.total_cmp(&b.0.wall))
+        .map_or(0, |(index, _)| index);
+    let (own, write_time, line_bytes, buffered) = drains.swap_remove(best);
 
     // Round 2, fed by the lab's watch encoder as in production: the proxy stops reading
     // (so the lab's watch blocks as on a direct connection), N more updates, then the
@@ -908,6 +933,10 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
     let ratio = e2e_rate / decode.wall_rate;
 
     println!(
+        "[{phase}] round 1, {rounds} drain(s) of {updates} events: {} events/s; the best is reported below",
+        all_rates.join(", ")
+    );
+    println!(
         "[{phase}] round 1: {updates} status updates written into the lab while the daemon was frozen (SIGSTOP): {:.1} s ({:.0} writes/s); watch event lines avg {:.2} KiB; the lab's watch then encoded them into the proxy's buffer ({:.1} MB incl. chunk framing)",
         write_time.as_secs_f64(),
         updates as f64 / write_time.as_secs_f64(),
@@ -954,7 +983,7 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         fleet.injected.restarts,
         mark(restarts_ok),
         pod_applies(body) - applies_synced,
-        pods + 2 * updates,
+        pods + (rounds + 1) * updates,
         mark(applies_ok)
     );
     print_watch_health(phase, &last);
@@ -963,7 +992,7 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         "3. end-to-end throughput vs serde_json alone",
         "≥ 0.67 × serde",
         format!(
-            "{e2e_rate:.0} vs {:.0} events/s → ratio {ratio:.2} (per CPU-s: {cpu_rate:.0} vs {:.0} → {:.2}; lab-fed {fed_rate:.0}/s → {:.2}); {pods} pods, {updates} events",
+            "{e2e_rate:.0} (best of {rounds} drains) vs {:.0} (best of 3 passes) events/s → ratio {ratio:.2} (per CPU-s: {cpu_rate:.0} vs {:.0} → {:.2}; lab-fed {fed_rate:.0}/s → {:.2}); {pods} pods, {updates} events",
             decode.wall_rate,
             decode.cpu_rate,
             cpu_rate / decode.cpu_rate,
