@@ -109,21 +109,13 @@ struct ResourceLabels {
 pub struct WatchMetrics {
     events: Family<WatchEventLabels, Counter>,
     errors: Family<ResourceLabels, Counter>,
-    /// `{resource="pods", type="apply"}`, by far the most frequent: looked up once.
-    pod_applies: Counter,
 }
 
 impl WatchMetrics {
     pub fn register(registry: &mut Registry) -> Self {
-        let events: Family<WatchEventLabels, Counter> = Family::default();
-        let pod_applies = events.get_or_create_owned(&WatchEventLabels {
-            resource: "pods",
-            r#type: "apply",
-        });
         let metrics = WatchMetrics {
-            events,
+            events: Family::default(),
             errors: Family::default(),
-            pod_applies,
         };
         registry.register(
             "watch_events",
@@ -136,10 +128,6 @@ impl WatchMetrics {
             metrics.errors.clone(),
         );
         metrics
-    }
-
-    fn pod_applied(&self) {
-        self.pod_applies.inc();
     }
 
     pub(crate) fn event(&self, resource: &'static str, r#type: &'static str) {
@@ -339,7 +327,7 @@ impl WatchLoop {
                 );
             }
             Ok(Event::Apply(pod)) => {
-                self.watch_metrics.pod_applied();
+                self.watch_metrics.event(RESOURCE, "apply");
                 self.observer.apply_pod(stream, &pod, now, out);
             }
             Ok(Event::Delete(pod)) => {
