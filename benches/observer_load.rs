@@ -53,7 +53,6 @@ use anyhow::{Context, Result, bail, ensure};
 use jiff::Timestamp;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// The memory goal for the whole daemon at 10,000 pods.
@@ -1251,53 +1250,14 @@ impl Prometheus {
 // ---------------------------------------------------------------------------------------
 
 /// A minimal HTTP/1.1 GET to 127.0.0.1:`port` (`Connection: close`).
+/// GET through the lab's loopback client, with a bench-sized timeout and an error
+/// that says what failed (a truncated chunked body counts as no answer).
 async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        std::io::Result::Ok(response)
-    };
-    let response = tokio::time::timeout(HTTP_TIMEOUT, exchange)
+    selfheal_lab::http_get::get_within(port, path, None, HTTP_TIMEOUT)
         .await
-        .context("timed out")??;
-    let response = String::from_utf8(response).context("response is not UTF-8")?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no HTTP status")?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> Result<String> {
-    let mut out = String::with_capacity(body.len());
-    loop {
-        let (size, rest) = body.split_once("\r\n").context("truncated chunk")?;
-        let size = usize::from_str_radix(size.trim(), 16).context("bad chunk size")?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest.get(..size).context("truncated chunk")?;
-        out.push_str(chunk);
-        body = rest[size..]
-            .strip_prefix("\r\n")
-            .context("chunk without CRLF")?;
-    }
+        .with_context(|| {
+            format!("GET 127.0.0.1:{port}{path}: no complete HTTP answer within {HTTP_TIMEOUT:?}")
+        })
 }
 
 /// The samples of a Prometheus text exposition.

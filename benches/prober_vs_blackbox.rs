@@ -65,6 +65,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+/// Longest wait for one answer from the daemon or Prometheus.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const BLACKBOX: &str = "prometheus-blackbox-exporter";
 /// The daemon's probe interval and the (shared) probe timeout.
@@ -1002,53 +1004,14 @@ impl Exposition {
 }
 
 /// A minimal HTTP/1.1 GET over loopback, so reading the daemon needs no client state.
+/// GET through the lab's loopback client, with a bench-sized timeout and an error
+/// that says what failed (a truncated chunked body counts as no answer).
 async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))
+    selfheal_lab::http_get::get_within(port, path, None, HTTP_TIMEOUT)
         .await
-        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .context("sending")?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .context("receiving")?;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .context("malformed HTTP response")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+        .with_context(|| {
+            format!("GET 127.0.0.1:{port}{path}: no complete HTTP answer within {HTTP_TIMEOUT:?}")
+        })
 }
 
 // ---------------------------------------------------------------------------------------

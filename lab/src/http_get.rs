@@ -12,6 +12,18 @@ pub async fn get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Like [`get`], with an `Accept` header.
 pub async fn get_with(port: u16, path: &str, accept: Option<&str>) -> Option<(u16, String)> {
+    get_within(port, path, accept, Duration::from_secs(10)).await
+}
+
+/// Like [`get_with`], allowing `timeout` for the answer (a large `/metrics` under load
+/// takes longer than the default 10 s). A chunked body cut short (no final empty chunk)
+/// is no answer: the daemon aborts a scrape that way.
+pub async fn get_within(
+    port: u16,
+    path: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Option<(u16, String)> {
     let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
     let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
@@ -24,7 +36,7 @@ pub async fn get_with(port: u16, path: &str, accept: Option<&str>) -> Option<(u1
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+    tokio::time::timeout(timeout, stream.read_to_end(&mut response))
         .await
         .ok()?
         .ok()?;
@@ -35,26 +47,25 @@ pub async fn get_with(port: u16, path: &str, accept: Option<&str>) -> Option<(u1
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        dechunk(body)
+        dechunk(body)?
     } else {
         body.to_owned()
     };
     Some((status, body))
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
+/// The body of a chunked response; `None` unless it ends with the final empty chunk.
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::with_capacity(body.len());
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
         }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
+        out.push_str(rest.get(..size)?);
+        body = rest[size..].strip_prefix("\r\n")?;
     }
-    out
 }
 
 #[cfg(test)]
@@ -64,8 +75,15 @@ mod tests {
     #[test]
     fn dechunks_a_chunked_body() {
         assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
+            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").as_deref(),
+            Some("hello world")
         );
+    }
+
+    #[test]
+    fn a_body_cut_short_is_no_answer() {
+        assert_eq!(dechunk("5\r\nhello\r\n6\r\n wor"), None);
+        assert_eq!(dechunk("5\r\nhello\r\n"), None);
+        assert_eq!(dechunk("zz\r\nhello\r\n0\r\n\r\n"), None);
     }
 }
