@@ -78,7 +78,8 @@
 //! about 57 KB, as the lab keeps objects as `serde_json::Value`; at 100,000 pods the bench
 //! process peaks at about 15 GB; the drain phase sizes its own history, about 6 GB),
 //! `BENCH_TIMEOUT_SECS` (default 300: the longest wait for the daemon to sync or catch
-//! up), `BENCH_DAEMON_WRAPPER` (a command the daemon runs under, for profiling: e.g.
+//! up), `BENCH_DUMP_LINES` (a file the drain phase writes its watch lines to, one per
+//! line, for decoder experiments), `BENCH_DAEMON_WRAPPER` (a command the daemon runs under, for profiling: e.g.
 //! `heaptrack -o /tmp/daemon`, `taskset -c 1`, `env MALLOC_ARENA_MAX=1`; /proc figures
 //! and signals still go to the daemon itself). Without `--bench` (e.g. under
 //! `cargo test --benches`) it runs every phase at smoke-test sizes unless the variables
@@ -912,6 +913,14 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
 
     // serde_json alone, on one thread, the daemon and the lab idle.
     eprintln!("scale[{phase}]: decoding the same {updates} lines with serde_json alone…");
+    if let Some(path) = std::env::var_os("BENCH_DUMP_LINES") {
+        let mut text = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in &lines {
+            text.extend_from_slice(line);
+            text.push(b'\n');
+        }
+        std::fs::write(&path, text).with_context(|| format!("{} written", path.display()))?;
+    }
     let lines = Arc::new(lines);
     let decode = {
         let lines = lines.clone();

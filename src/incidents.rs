@@ -137,9 +137,9 @@ impl IncidentLog {
                 }
                 self.restarts.push_back(RestartIncident {
                     id,
-                    namespace: death.workload.namespace.clone(),
-                    workload_kind: death.workload.kind.clone(),
-                    workload: death.workload.name.clone(),
+                    namespace: death.workload.namespace().clone(),
+                    workload_kind: death.workload.kind().clone(),
+                    workload: death.workload.name().clone(),
                     pod: death.pod.clone(),
                     container: death.id.container.clone(),
                     cause: death.cause.as_str(),
@@ -258,9 +258,9 @@ impl IncidentLog {
 fn fronted(fronts: &Fronts, restart: &RestartIncident) -> bool {
     match fronts {
         Fronts::Workload(workload) => {
-            restart.namespace == workload.namespace
-                && restart.workload_kind == workload.kind
-                && restart.workload == workload.name
+            restart.namespace == *workload.namespace()
+                && restart.workload_kind == *workload.kind()
+                && restart.workload == *workload.name()
         }
         Fronts::Selector {
             namespace,
@@ -285,11 +285,7 @@ mod tests {
     }
 
     fn workload() -> Workload {
-        Workload {
-            namespace: "grade-submission".into(),
-            kind: "Pod".into(),
-            name: "grade-submission-api".into(),
-        }
+        Workload::new("grade-submission", "Pod", "grade-submission-api")
     }
 
     fn death(key: u64, cause: Cause, at: i64) -> IncidentUpdate {
@@ -362,10 +358,7 @@ mod tests {
             log.record_outage(outage(200, 205, Some(Fronts::Workload(workload())))),
             "unknown"
         );
-        let other = Workload {
-            name: "other".into(),
-            ..workload()
-        };
+        let other = Workload::new("grade-submission", "Pod", "other");
         assert_eq!(
             log.record_outage(outage(101, 103, Some(Fronts::Workload(other)))),
             "unknown"

@@ -2,10 +2,11 @@
 //! [`Observation`]. Names and labels are a public contract (dashboards and alerts use
 //! them); see the metric table in README.md.
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,37 +17,73 @@ use crate::cardinality::{CardinalityGuard, GuardedFamily};
 use crate::observer::{Anomaly, Cause, Observation};
 use crate::workload::Workload;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+// The label sets below hold the interned workload itself rather than copies of its three
+// names: hashing one is then the workload's precomputed fingerprint plus the container's
+// name, and equality starts with a pointer comparison. Their labels are, in order:
+// namespace, workload_kind, workload, then the fields' own.
+
+/// `{namespace, workload_kind, workload}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct WorkloadLabels {
-    pub namespace: Arc<str>,
-    pub workload_kind: Arc<str>,
-    pub workload: Arc<str>,
+    pub workload: Arc<Workload>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `{namespace, workload_kind, workload, container}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ContainerLabels {
-    pub namespace: Arc<str>,
-    pub workload_kind: Arc<str>,
-    pub workload: Arc<str>,
+    pub workload: Arc<Workload>,
     pub container: Arc<str>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `{namespace, workload_kind, workload, container, reason}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct ReasonLabels {
-    pub namespace: Arc<str>,
-    pub workload_kind: Arc<str>,
-    pub workload: Arc<str>,
+    pub workload: Arc<Workload>,
     pub container: Arc<str>,
     pub reason: Cause,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `{namespace, workload_kind, workload, pod, container}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct PodContainerLabels {
-    pub namespace: Arc<str>,
-    pub workload_kind: Arc<str>,
-    pub workload: Arc<str>,
+    pub workload: Arc<Workload>,
     pub pod: Arc<str>,
     pub container: Arc<str>,
+}
+
+fn encode_workload(workload: &Workload, encoder: &mut LabelSetEncoder) -> fmt::Result {
+    ("namespace", &**workload.namespace()).encode(encoder.encode_label())?;
+    ("workload_kind", &**workload.kind()).encode(encoder.encode_label())?;
+    ("workload", &**workload.name()).encode(encoder.encode_label())
+}
+
+impl EncodeLabelSet for WorkloadLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        encode_workload(&self.workload, encoder)
+    }
+}
+
+impl EncodeLabelSet for ContainerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        encode_workload(&self.workload, encoder)?;
+        ("container", &*self.container).encode(encoder.encode_label())
+    }
+}
+
+impl EncodeLabelSet for ReasonLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        encode_workload(&self.workload, encoder)?;
+        ("container", &*self.container).encode(encoder.encode_label())?;
+        ("reason", self.reason).encode(encoder.encode_label())
+    }
+}
+
+impl EncodeLabelSet for PodContainerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        encode_workload(&self.workload, encoder)?;
+        ("pod", &*self.pod).encode(encoder.encode_label())?;
+        ("container", &*self.container).encode(encoder.encode_label())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -317,9 +354,7 @@ impl Metrics {
         let series = self.series.entry(workload.clone()).or_default();
         series.reasons.insert((container.clone(), cause));
         ReasonLabels {
-            namespace: workload.namespace.clone(),
-            workload_kind: workload.kind.clone(),
-            workload: workload.name.clone(),
+            workload: workload.clone(),
             container: container.clone(),
             reason: cause,
         }
@@ -337,9 +372,7 @@ impl Metrics {
         }
         for (container, cause) in series.reasons {
             let labels = ReasonLabels {
-                namespace: workload.namespace.clone(),
-                workload_kind: workload.kind.clone(),
-                workload: workload.name.clone(),
+                workload: workload.clone(),
                 container,
                 reason: cause,
             };
@@ -352,32 +385,26 @@ impl Metrics {
     }
 }
 
-fn workload_labels(workload: &Workload) -> WorkloadLabels {
+fn workload_labels(workload: &Arc<Workload>) -> WorkloadLabels {
     WorkloadLabels {
-        namespace: workload.namespace.clone(),
-        workload_kind: workload.kind.clone(),
-        workload: workload.name.clone(),
+        workload: workload.clone(),
     }
 }
 
-fn container_labels(workload: &Workload, container: &Arc<str>) -> ContainerLabels {
+fn container_labels(workload: &Arc<Workload>, container: &Arc<str>) -> ContainerLabels {
     ContainerLabels {
-        namespace: workload.namespace.clone(),
-        workload_kind: workload.kind.clone(),
-        workload: workload.name.clone(),
+        workload: workload.clone(),
         container: container.clone(),
     }
 }
 
 fn pod_container_labels(
-    workload: &Workload,
+    workload: &Arc<Workload>,
     pod: &Arc<str>,
     container: &Arc<str>,
 ) -> PodContainerLabels {
     PodContainerLabels {
-        namespace: workload.namespace.clone(),
-        workload_kind: workload.kind.clone(),
-        workload: workload.name.clone(),
+        workload: workload.clone(),
         pod: pod.clone(),
         container: container.clone(),
     }
@@ -389,11 +416,11 @@ mod tests {
     use prometheus_client::encoding::prometheus_text::encode;
 
     fn workload() -> Arc<Workload> {
-        Arc::new(Workload {
-            namespace: "grade-submission".into(),
-            kind: "Pod".into(),
-            name: "grade-submission-api".into(),
-        })
+        Arc::new(Workload::new(
+            "grade-submission",
+            "Pod",
+            "grade-submission-api",
+        ))
     }
 
     fn render(registry: &Registry) -> String {

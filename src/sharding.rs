@@ -34,7 +34,7 @@ impl Sharding {
     }
 
     pub fn owns_workload(&self, workload: &Workload) -> bool {
-        self.owns_key(&[&workload.namespace, &workload.kind, &workload.name])
+        self.owns_key(&[workload.namespace(), workload.kind(), workload.name()].map(|part| &**part))
     }
 
     /// For things without a workload (e.g. a probe target known only by name).
@@ -76,11 +76,7 @@ mod tests {
     use super::*;
 
     fn workload(name: &str) -> Workload {
-        Workload {
-            namespace: "ns".into(),
-            kind: "Deployment".into(),
-            name: name.into(),
-        }
+        Workload::new("ns", "Deployment", name)
     }
 
     #[test]

@@ -5,18 +5,84 @@
 //! API calls: a ReplicaSet named `<deployment>-<pod-template-hash>` belongs to that
 //! Deployment, and a Job named `<cronjob>-<scheduled minute>` to that CronJob.
 
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 /// The workload a pod belongs to, as exported in the `namespace`, `workload_kind` and
 /// `workload` labels.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Every metric update hashes and compares the workload (as part of its label set), so
+/// the three names' hash is computed once, here, and equality checks it first.
+#[derive(Clone, Debug)]
 pub struct Workload {
-    pub namespace: Arc<str>,
-    pub kind: Arc<str>,
-    pub name: Arc<str>,
+    namespace: Arc<str>,
+    kind: Arc<str>,
+    name: Arc<str>,
+    fingerprint: u64,
+}
+
+impl Workload {
+    pub fn new(
+        namespace: impl Into<Arc<str>>,
+        kind: impl Into<Arc<str>>,
+        name: impl Into<Arc<str>>,
+    ) -> Self {
+        let (namespace, kind, name) = (namespace.into(), kind.into(), name.into());
+        let fingerprint =
+            foldhash::fast::FixedState::with_seed(0).hash_one((&*namespace, &*kind, &*name));
+        Workload {
+            namespace,
+            kind,
+            name,
+            fingerprint,
+        }
+    }
+
+    pub fn namespace(&self) -> &Arc<str> {
+        &self.namespace
+    }
+
+    /// The controller's kind: `Deployment`, `StatefulSet`, …, or `Pod` for a bare pod.
+    pub fn kind(&self) -> &Arc<str> {
+        &self.kind
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+impl PartialEq for Workload {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+            && self.name == other.name
+            && self.kind == other.kind
+            && self.namespace == other.namespace
+    }
+}
+
+impl Eq for Workload {}
+
+impl Hash for Workload {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.fingerprint);
+    }
+}
+
+impl Ord for Workload {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (&self.namespace, &self.kind, &self.name).cmp(&(&other.namespace, &other.kind, &other.name))
+    }
+}
+
+impl PartialOrd for Workload {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl fmt::Display for Workload {
@@ -53,11 +119,7 @@ pub fn workload_of(namespace: &str, pod_name: &str, meta: &ObjectMeta) -> Worklo
             other => (other, &owner.name),
         },
     };
-    Workload {
-        namespace: namespace.into(),
-        kind: kind.into(),
-        name: name.into(),
-    }
+    Workload::new(namespace, kind, name)
 }
 
 /// `name` without its `-<suffix>`, when it has one and something is left.
@@ -96,7 +158,7 @@ mod tests {
 
     fn identity(owner: Option<(&str, &str)>, hash: Option<&str>) -> (String, String) {
         let w = workload_of("ns", "pod-1", &meta(owner, hash));
-        (w.kind.to_string(), w.name.to_string())
+        (w.kind().to_string(), w.name().to_string())
     }
 
     #[test]
@@ -152,6 +214,6 @@ mod tests {
             owners[0].controller = None;
         }
         let w = workload_of("ns", "pod-1", &m);
-        assert_eq!((&*w.kind, &*w.name), ("Pod", "pod-1"));
+        assert_eq!((&**w.kind(), &**w.name()), ("Pod", "pod-1"));
     }
 }

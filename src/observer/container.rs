@@ -230,7 +230,7 @@ impl ContainerTracker {
         // end. When it sees it late (a relist after a watch gap, a pod first seen long
         // after), the kubelet's own record of the Ready transition is the better end; it
         // is on the same clock as finishedAt, so no skew enters either.
-        let ready_at = match ctx.ready_since {
+        let ready_at = match sink.parse_time(ctx.ready_since) {
             Some(since) if since >= finished_at && ctx.now.duration_since(since) > LATE => since,
             _ => ctx.now,
         };

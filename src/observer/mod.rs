@@ -183,8 +183,10 @@ pub struct PodContext<'a> {
     workload: Arc<Workload>,
     /// terminationGracePeriodSeconds: how long after a kill the death may come.
     grace: SignedDuration,
-    /// When the pod last became Ready, by the kubelet's clock (if it is Ready).
-    ready_since: Option<Timestamp>,
+    /// When the pod last became Ready, by the kubelet's clock (if it is Ready), as the
+    /// API sent it: parsed only by a recovery, which is the only reader, rather than on
+    /// every update.
+    ready_since: Option<&'a str>,
     /// The pod's labels, when the pod object is at hand (for incident records).
     labels: Option<&'a BTreeMap<String, String>>,
     now: Timestamp,
@@ -471,8 +473,8 @@ impl Observer {
         }
         let mut ctx = state.context(&uid, now, news);
         ctx.labels = meta.labels.as_ref();
-        ctx.ready_since = ready_condition
-            .and_then(|condition| sink.parse_time(condition.last_transition_time.as_deref()));
+        ctx.ready_since =
+            ready_condition.and_then(|condition| condition.last_transition_time.as_deref());
         let statuses = pod
             .status
             .init_container_statuses

@@ -249,11 +249,11 @@ fn experiment_timeline_counts_two_oomkills_and_two_recoveries() {
     let mut h = Harness::synced_with(&[with(pod(), running(0, true, None))]);
     let baseline = h.take();
     assert!(baseline.contains(&Observation::ContainerSeen {
-        workload: Arc::new(Workload {
-            namespace: "grade-submission".into(),
-            kind: "Pod".into(),
-            name: "grade-submission-api".into(),
-        }),
+        workload: Arc::new(Workload::new(
+            "grade-submission",
+            "Pod",
+            "grade-submission-api"
+        )),
         container: Arc::from("api"),
         memory_limit_bytes: Some(48 * 1024 * 1024),
     }));

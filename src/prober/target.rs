@@ -194,11 +194,11 @@ impl StaticTarget {
             ));
         }
         let fronts = self.workload.as_ref().map(|w| {
-            Fronts::Workload(Workload {
-                namespace: w.namespace.as_str().into(),
-                kind: w.kind.as_str().into(),
-                name: w.name.as_str().into(),
-            })
+            Fronts::Workload(Workload::new(
+                w.namespace.as_str(),
+                w.kind.as_str(),
+                w.name.as_str(),
+            ))
         });
         Ok(ProbeSpec {
             name: self.name.as_str().into(),
