@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use jiff::{SignedDuration, Timestamp};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store, kubeconfig};
+use selfheal_lab::bench_support::procfs::{RssSampler, read_status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -289,7 +290,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
     }
 
     let mut daemon = Daemon::spawn(&kubeconfig, dir.path(), &config)?;
-    let rss = RssSampler::start(daemon.pid);
+    let rss = RssSampler::start(daemon.pid, SAMPLE_EVERY);
     daemon.wait_ready(Duration::from_secs(60)).await?;
     let before = daemon.scrape().await?;
     let observed = before.sum("selfheal_observed_containers", &[]);
@@ -1157,65 +1158,6 @@ async fn get(port: u16, path: &str) -> Option<(u16, String)> {
     .await
     .ok()
     .flatten()
-}
-
-struct ProcStatus {
-    rss_bytes: u64,
-    hwm_bytes: u64,
-}
-
-fn read_status(pid: u32) -> Result<ProcStatus> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    let kib = |field: &str| -> Result<u64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kib| kib * 1024)
-            .with_context(|| format!("no {field} in /proc/{pid}/status"))
-    };
-    Ok(ProcStatus {
-        rss_bytes: kib("VmRSS:")?,
-        hwm_bytes: kib("VmHWM:")?,
-    })
-}
-
-/// Samples the daemon's RSS every 100 ms and keeps the peak.
-struct RssSampler {
-    peak: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> RssSampler {
-        let peak = Arc::new(AtomicU64::new(0));
-        let shared = peak.clone();
-        let task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(SAMPLE_EVERY);
-            loop {
-                ticker.tick().await;
-                match read_status(pid) {
-                    Ok(status) => {
-                        shared.fetch_max(status.rss_bytes, Ordering::Relaxed);
-                    }
-                    Err(_) => return,
-                }
-            }
-        });
-        RssSampler { peak, task }
-    }
-
-    async fn stop(self) -> u64 {
-        self.task.abort();
-        let _ = self.task.await;
-        self.peak.load(Ordering::Relaxed)
-    }
 }
 
 /// GETs `/readyz` every 100 ms; counts samples and 200s.

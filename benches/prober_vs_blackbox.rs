@@ -60,6 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig};
+use selfheal_lab::bench_support::procfs::{clock_ticks_per_second, cpu_seconds};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -1059,40 +1060,4 @@ fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// User + system CPU seconds of `pid` so far (all its threads).
-fn cpu_seconds(pid: u32, clk_tck: u64) -> Result<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat"))?;
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let fields: Vec<&str> = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of stat(5); index 0 here is field 3 (state).
-    let ticks = |index: usize| -> Result<u64> {
-        fields
-            .get(index)
-            .and_then(|field| field.parse().ok())
-            .with_context(|| format!("malformed /proc/{pid}/stat: {text}"))
-    };
-    Ok((ticks(11)? + ticks(12)?) as f64 / clk_tck as f64)
-}
-
-/// Clock ticks per second for `/proc/<pid>/stat`, from `getconf CLK_TCK`.
-fn clock_ticks_per_second() -> Result<u64> {
-    let output = Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .context("running `getconf CLK_TCK` (needed to read CPU times from /proc)")?;
-    ensure!(
-        output.status.success(),
-        "`getconf CLK_TCK` failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
-    text.trim()
-        .parse()
-        .with_context(|| format!("`getconf CLK_TCK` printed {text:?}"))
 }

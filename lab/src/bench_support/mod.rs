@@ -1,0 +1,8 @@
+//! Helpers shared by the root crate's benches (`benches/*.rs`, each its own crate with
+//! `harness = false`): the `/proc` readers and RSS sampler ([`procfs`]) and the realistic
+//! pod fleet they write into the lab ([`fleet`]). One copy here instead of one per bench;
+//! public, so that each bench uses only what it needs without dead-code warnings (a file
+//! pulled into every bench with `mod` would warn for whatever one bench leaves unused).
+
+pub mod fleet;
+pub mod procfs;
