@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use jiff::{SignedDuration, Timestamp};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store, kubeconfig};
+use selfheal_lab::bench_support::exposition::Exposition;
 use selfheal_lab::bench_support::procfs::{RssSampler, read_status};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -323,7 +324,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
             kubelet.skew_secs.store(-3600, Ordering::Relaxed);
         })
     });
-    let probe_start = (scenario == Scenario::HangingProbe).then(|| before.probe_counts());
+    let probe_start = (scenario == Scenario::HangingProbe).then(|| ProbeCounts::of(&before));
     kubelet
         .clone()
         .inject(settings.rate, window_start + settings.window)
@@ -366,7 +367,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
         problems.push(format!(
             "MISMATCH: injected {injected_restarts} restarts / {injected_ooms} OOMKills, \
              counted {counted_restarts} / {counted_ooms} (by reason: {})",
-            last.breakdown("selfheal_container_restarts_total", "reason")
+            last.breakdown("selfheal_container_restarts_total", "reason", &[])
         ));
         let kept = std::env::temp_dir().join(format!("selfheal-faults-{}.log", scenario.name()));
         if std::fs::copy(&daemon.log, &kept).is_ok() {
@@ -383,7 +384,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
 
     let mut extra = Vec::new();
     if let Some(start) = probe_start {
-        let end = window_scrape.probe_counts();
+        let end = ProbeCounts::of(&window_scrape);
         let expected = window_secs / PROBE_INTERVAL;
         let normal_ok = end.normal_success - start.normal_success;
         let normal_other =
@@ -398,8 +399,8 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
             normal_ok / window_secs,
             1.0 / PROBE_INTERVAL,
             hang_timeouts / window_secs,
-            last.breakdown_where("selfheal_probe_requests_total", "result", ("target", "normal")),
-            last.breakdown_where("selfheal_probe_requests_total", "result", ("target", "hang")),
+            last.breakdown("selfheal_probe_requests_total", "result", &[("target", "normal")]),
+            last.breakdown("selfheal_probe_requests_total", "result", &[("target", "hang")]),
         ));
         if normal_ok < 0.8 * expected || normal_other > 0.0 {
             problems.push(format!(
@@ -420,7 +421,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
     }
     servers.abort_all();
     let clock_skew = last.sum("selfheal_input_anomalies_total", &[("kind", "ClockSkew")]);
-    let anomalies = last.breakdown("selfheal_input_anomalies_total", "kind");
+    let anomalies = last.breakdown("selfheal_input_anomalies_total", "kind", &[]);
     if !anomalies.is_empty() {
         extra.push(format!("input anomalies: {anomalies}"));
     }
@@ -1204,18 +1205,8 @@ impl ReadySampler {
 }
 
 // ---------------------------------------------------------------------------------------
-// The Prometheus text format, just enough for this bench.
+// What the hanging-probe scenario compares between two scrapes.
 // ---------------------------------------------------------------------------------------
-
-struct Exposition {
-    samples: Vec<Sample>,
-}
-
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
 
 #[derive(Clone, Copy)]
 struct ProbeCounts {
@@ -1225,101 +1216,14 @@ struct ProbeCounts {
     hang_total: f64,
 }
 
-impl Exposition {
-    fn parse(text: &str) -> Exposition {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.strip_suffix('}').unwrap_or(labels)),
-                    None => (series, ""),
-                };
-                let labels = labels
-                    .split("\",")
-                    .filter(|pair| !pair.is_empty())
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                    })
-                    .collect();
-                Some(Sample {
-                    name: name.to_owned(),
-                    labels,
-                    value,
-                })
-            })
-            .collect();
-        Exposition { samples }
-    }
-
-    fn matching<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |sample| {
-            sample.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| sample.labels.iter().any(|(hk, hv)| hk == k && hv == v))
-        })
-    }
-
-    /// Sum of the samples of `name` whose labels include all of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels)
-            .fold(0.0, |total, sample| total + sample.value)
-    }
-
-    /// The single sample of `name` matching `labels`, if exactly one.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<f64> = self.matching(name, labels).map(|s| s.value).collect();
-        (found.len() == 1).then(|| found[0])
-    }
-
-    /// `label=value sum, …` over the samples of `name`, grouped by `label`.
-    fn breakdown(&self, name: &str, label: &str) -> String {
-        self.breakdown_of(self.matching(name, &[]), label)
-    }
-
-    fn breakdown_where(&self, name: &str, label: &str, filter: (&str, &str)) -> String {
-        let filter = [filter];
-        let samples: Vec<&Sample> = self.matching(name, &filter).collect();
-        self.breakdown_of(samples.into_iter(), label)
-    }
-
-    fn breakdown_of<'a>(&self, samples: impl Iterator<Item = &'a Sample>, label: &str) -> String {
-        let mut groups: Vec<(String, f64)> = Vec::new();
-        for sample in samples {
-            let key = sample
-                .labels
-                .iter()
-                .find(|(k, _)| k == label)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            match groups.iter_mut().find(|(k, _)| *k == key) {
-                Some((_, total)) => *total += sample.value,
-                None => groups.push((key, sample.value)),
-            }
-        }
-        groups
-            .iter()
-            .filter(|(_, total)| *total != 0.0)
-            .map(|(key, total)| format!("{key}={total}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    fn probe_counts(&self) -> ProbeCounts {
+impl ProbeCounts {
+    fn of(scrape: &Exposition) -> ProbeCounts {
         let requests = "selfheal_probe_requests_total";
         ProbeCounts {
-            normal_success: self.sum(requests, &[("target", "normal"), ("result", "success")]),
-            normal_total: self.sum(requests, &[("target", "normal")]),
-            hang_timeout: self.sum(requests, &[("target", "hang"), ("result", "timeout")]),
-            hang_total: self.sum(requests, &[("target", "hang")]),
+            normal_success: scrape.sum(requests, &[("target", "normal"), ("result", "success")]),
+            normal_total: scrape.sum(requests, &[("target", "normal")]),
+            hang_timeout: scrape.sum(requests, &[("target", "hang"), ("result", "timeout")]),
+            hang_total: scrape.sum(requests, &[("target", "hang")]),
         }
     }
 }

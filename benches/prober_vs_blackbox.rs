@@ -60,6 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig};
+use selfheal_lab::bench_support::exposition::{Exposition, http_get};
 use selfheal_lab::bench_support::procfs::{clock_ticks_per_second, cpu_seconds};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,6 +76,8 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The daemon's name for the target (its `target` label).
 const TARGET: &str = "flaky";
+/// The label filter that picks the daemon's samples for that target.
+const OF_TARGET: &[(&str, &str)] = &[("target", TARGET)];
 /// Scrape intervals of the two Prometheus servers, in seconds.
 const SCRAPE_INTERVALS: [u64; 2] = [15, 5];
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -251,7 +254,7 @@ async fn run(plan: &Plan, blackbox_binary: &Path) -> Result<()> {
 
     // Every prober sees the target up before the clock starts.
     eprintln!("prober_vs_blackbox: waiting for the first scrapes ({versions})");
-    let target_up = |s: &Exposition| s.get("selfheal_probe_up", TARGET) == Some(1.0);
+    let target_up = |s: &Exposition| s.get("selfheal_probe_up", OF_TARGET) == Some(1.0);
     let first = daemon.wait_until(STARTUP_TIMEOUT, target_up).await?;
     ensure!(
         target_up(&first),
@@ -288,7 +291,10 @@ async fn run(plan: &Plan, blackbox_binary: &Path) -> Result<()> {
         .iter()
         .map(|(_, _, p)| cpu_seconds(p.pid(), clk_tck))
         .collect::<Result<Vec<_>>>()?;
-    let daemon_probes_0 = daemon.scrape().await?.sum("selfheal_probe_requests_total");
+    let daemon_probes_0 = daemon
+        .scrape()
+        .await?
+        .sum("selfheal_probe_requests_total", OF_TARGET);
     let blackbox_probes_0 = blackbox_probes(&http, blackbox_port).await?;
     tokio::time::sleep(plan.lead_in).await;
 
@@ -304,14 +310,14 @@ async fn run(plan: &Plan, blackbox_binary: &Path) -> Result<()> {
         let up_wall = unix_now();
         let truth = (up_at - down_at).as_secs_f64();
 
-        let outages_before = before.sum("selfheal_probe_outages_total");
+        let outages_before = before.sum("selfheal_probe_outages_total", OF_TARGET);
         let after = daemon
             .wait_until(SETTLE_TIMEOUT, |s| {
-                s.sum("selfheal_probe_outages_total") > outages_before
-                    && s.get("selfheal_probe_up", TARGET) == Some(1.0)
+                s.sum("selfheal_probe_outages_total", OF_TARGET) > outages_before
+                    && s.get("selfheal_probe_up", OF_TARGET) == Some(1.0)
             })
             .await?;
-        let delta = |name: &str| after.sum(name) - before.sum(name);
+        let delta = |name: &str| after.sum(name, OF_TARGET) - before.sum(name, OF_TARGET);
         let window = Window {
             nominal,
             truth,
@@ -319,7 +325,7 @@ async fn run(plan: &Plan, blackbox_binary: &Path) -> Result<()> {
             up_wall,
             selfheal_downtime: delta("selfheal_probe_downtime_seconds_total"),
             selfheal_outages: delta("selfheal_probe_outages_total"),
-            selfheal_failed_probes: after.failed_probes() - before.failed_probes(),
+            selfheal_failed_probes: failed_probes(&after) - failed_probes(&before),
         };
         eprintln!(
             "prober_vs_blackbox: window {}/{}: down {:.3} s; selfheal measured {:.3} s",
@@ -350,8 +356,11 @@ async fn run(plan: &Plan, blackbox_binary: &Path) -> Result<()> {
         .zip(&prometheus_cpu_0)
         .map(|((_, _, p), before)| Ok(cpu_seconds(p.pid(), clk_tck)? - before))
         .collect::<Result<Vec<_>>>()?;
-    let daemon_probes =
-        daemon.scrape().await?.sum("selfheal_probe_requests_total") - daemon_probes_0;
+    let daemon_probes = daemon
+        .scrape()
+        .await?
+        .sum("selfheal_probe_requests_total", OF_TARGET)
+        - daemon_probes_0;
     let blackbox_run_probes = blackbox_probes(&http, blackbox_port).await? - blackbox_probes_0;
 
     // What Prometheus stored.
@@ -745,7 +754,7 @@ impl Daemon {
 
     async fn scrape(&mut self) -> Result<Exposition> {
         self.scrapes += 1;
-        let (status, body) = http_get(self.port, "/metrics")
+        let (status, body) = http_get(self.port, "/metrics", HTTP_TIMEOUT)
             .await
             .with_context(|| format!("daemon /metrics; log:\n{}", self.process.log_tail()))?;
         ensure!(status == 200, "daemon /metrics answered {status}");
@@ -923,96 +932,23 @@ async fn blackbox_probes(http: &reqwest::Client, port: u16) -> Result<f64> {
     let url = reqwest::Url::parse(&format!("http://127.0.0.1:{port}/metrics")).context("URL")?;
     let (status, body) = get(http, url).await?;
     ensure!(status == 200, "blackbox /metrics answered {status}");
-    let exposition = Exposition::parse(&body);
-    exposition
-        .samples
-        .iter()
-        .find(|(name, labels, _)| {
-            name == "net_conntrack_dialer_conn_attempted_total"
-                && labels
-                    .iter()
-                    .any(|(k, v)| k == "dialer_name" && v == "http_probe")
-        })
-        .map(|(_, _, value)| *value)
+    Exposition::parse(&body)
+        .matching(
+            "net_conntrack_dialer_conn_attempted_total",
+            &[("dialer_name", "http_probe")],
+        )
+        .next()
+        .map(|sample| sample.value)
         .context("no net_conntrack_dialer_conn_attempted_total{dialer_name=\"http_probe\"}")
 }
 
-/// One sample line: metric name, label pairs, value.
-type Sample = (String, Vec<(String, String)>, f64);
-
-/// A parsed Prometheus text exposition.
-struct Exposition {
-    samples: Vec<Sample>,
-}
-
-impl Exposition {
-    fn parse(text: &str) -> Exposition {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                let labels = labels
-                    .split("\",")
-                    .filter(|pair| !pair.is_empty())
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                    })
-                    .collect();
-                Some((name.to_owned(), labels, value))
-            })
-            .collect();
-        Exposition { samples }
-    }
-
-    /// The samples of `name` for the daemon's target.
-    fn of_target<'a>(
-        &'a self,
-        name: &'a str,
-        target: &'a str,
-    ) -> impl Iterator<Item = (&'a [(String, String)], f64)> + 'a {
-        self.samples
-            .iter()
-            .filter(move |(n, labels, _)| {
-                n == name && labels.iter().any(|(k, v)| k == "target" && v == target)
-            })
-            .map(|(_, labels, value)| (labels.as_slice(), *value))
-    }
-
-    /// Sum of `name` over the daemon's target.
-    fn sum(&self, name: &str) -> f64 {
-        self.of_target(name, TARGET).map(|(_, v)| v).sum()
-    }
-
-    /// The single sample of `name` for `target`.
-    fn get(&self, name: &str, target: &str) -> Option<f64> {
-        let found: Vec<f64> = self.of_target(name, target).map(|(_, v)| v).collect();
-        (found.len() == 1).then(|| found[0])
-    }
-
-    fn failed_probes(&self) -> f64 {
-        self.of_target("selfheal_probe_requests_total", TARGET)
-            .filter(|(labels, _)| labels.iter().any(|(k, v)| k == "result" && v != "success"))
-            .map(|(_, v)| v)
-            .sum()
-    }
-}
-
-/// A minimal HTTP/1.1 GET over loopback, so reading the daemon needs no client state.
-/// GET through the lab's loopback client, with a bench-sized timeout and an error
-/// that says what failed (a truncated chunked body counts as no answer).
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    selfheal_lab::http_get::get_within(port, path, None, HTTP_TIMEOUT)
-        .await
-        .with_context(|| {
-            format!("GET 127.0.0.1:{port}{path}: no complete HTTP answer within {HTTP_TIMEOUT:?}")
-        })
+/// `selfheal_probe_requests_total` of the daemon's target whose result is not a success.
+fn failed_probes(scrape: &Exposition) -> f64 {
+    scrape
+        .matching("selfheal_probe_requests_total", OF_TARGET)
+        .filter(|sample| sample.label("result").is_some_and(|r| r != "success"))
+        .map(|sample| sample.value)
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_exporter::kube_types::SlimPod;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
+use selfheal_lab::bench_support::exposition::{Exposition, count_series, http_get};
 use selfheal_lab::bench_support::fleet::{Fleet, NAMESPACE_NAMES};
 use selfheal_lab::bench_support::procfs::{
     RssSampler, clock_ticks_per_second, cpu_seconds, find_descendant, read_status,
@@ -562,7 +563,7 @@ async fn fleet_phase(
         observed,
         fleet.container_count(),
         mark(containers_ok),
-        baseline.samples.len()
+        baseline.samples().len()
     );
 
     // The updates: one OOMKill cycle per pod by default, in chunks when the scrape goal
@@ -579,7 +580,7 @@ async fn fleet_phase(
     let mut paused = Duration::ZERO;
     if scrape_goal {
         let chunk = (pods / 20).clamp(1_000, 10_000);
-        let mut series = baseline.samples.len();
+        let mut series = baseline.samples().len();
         while series < settings.scrape_series && written < total {
             let count = chunk.min(total - written);
             (fleet, _) = stream(fleet, &store, count, false).await?;
@@ -1594,7 +1595,7 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().context("daemon status")? {
                 bail!("the daemon exited with {status}; log:\n{}", self.log_tail());
             }
-            if let Ok((200, _)) = http_get(self.port, "/readyz").await {
+            if let Ok((200, _)) = http_get(self.port, "/readyz", HTTP_TIMEOUT).await {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -1609,7 +1610,7 @@ impl Daemon {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.port, path)
+        http_get(self.port, path, HTTP_TIMEOUT)
             .await
             .with_context(|| format!("GET {path} from the daemon; log:\n{}", self.log_tail()))
     }
@@ -1768,7 +1769,7 @@ impl Prometheus {
                 loop {
                     ticker.tick().await;
                     let started = Instant::now();
-                    if let Ok((200, body)) = http_get(port, "/metrics").await {
+                    if let Ok((200, body)) = http_get(port, "/metrics", HTTP_TIMEOUT).await {
                         let millis = started.elapsed().as_secs_f64() * 1000.0;
                         let series = count_series(&body);
                         let mut log = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -1791,104 +1792,6 @@ impl Prometheus {
         }
         *self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP and the Prometheus text format, just enough for this bench.
-// ---------------------------------------------------------------------------------------
-
-/// A minimal HTTP/1.1 GET to 127.0.0.1:`port` (`Connection: close`).
-/// GET through the lab's loopback client, with a bench-sized timeout and an error
-/// that says what failed (a truncated chunked body counts as no answer).
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    selfheal_lab::http_get::get_within(port, path, None, HTTP_TIMEOUT)
-        .await
-        .with_context(|| {
-            format!("GET 127.0.0.1:{port}{path}: no complete HTTP answer within {HTTP_TIMEOUT:?}")
-        })
-}
-
-/// The samples of a Prometheus text exposition.
-struct Exposition {
-    samples: Vec<Sample>,
-}
-
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-impl Exposition {
-    fn parse(text: &str) -> Exposition {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.strip_suffix('}').unwrap_or(labels)),
-                    None => (series, ""),
-                };
-                let labels = labels
-                    .split("\",")
-                    .filter(|pair| !pair.is_empty())
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                    })
-                    .collect();
-                Some(Sample {
-                    name: name.to_owned(),
-                    labels,
-                    value,
-                })
-            })
-            .collect();
-        Exposition { samples }
-    }
-
-    /// The `top` metric families with the most samples, as `name N, …`.
-    fn largest_families(&self, top: usize) -> String {
-        let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for Sample { name, .. } in &self.samples {
-            let family = ["_bucket", "_sum", "_count", "_total"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(name);
-            *counts.entry(family).or_default() += 1;
-        }
-        let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        counts
-            .iter()
-            .take(top)
-            .map(|(name, count)| format!("{name} {count}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Sum of the samples of `name` whose labels include all of `labels`.
-    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.samples
-            .iter()
-            .filter(|sample| {
-                sample.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| sample.labels.iter().any(|(hk, hv)| hk == k && hv == v))
-            })
-            .map(|sample| sample.value)
-            .fold(0.0, |total, value| total + value)
-    }
-}
-
-/// Sample lines of a Prometheus text exposition (each histogram bucket is one series).
-fn count_series(body: &str) -> usize {
-    body.lines()
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .count()
 }
 
 /// `selfheal_watch_events_total{resource="pods",type="apply"}`, without parsing the rest.
