@@ -1,12 +1,10 @@
 //! The async edge of the observer: kube-rs watchers for pods and kubelet Events, fed in
 //! order into the [`Observer`], whose observations update the [`Metrics`].
 //!
-//! Two threads (see [`WatchLoop::start`]): one reads and decodes the streams, the other
-//! owns the observer and the metrics, so neither needs a lock; events pass between them
-//! in order, in batches. Each watched namespace (or the whole cluster) is one pod stream
-//! with its own list/watch cycle; kube-rs's `Init`/`InitApply`/`InitDone` become the
-//! observer's relist, so pods deleted while the watch was down are forgotten and the
-//! first list is the baseline.
+//! One task owns the observer and the metrics, so neither needs a lock. Each watched
+//! namespace (or the whole cluster) is one pod stream with its own list/watch cycle;
+//! kube-rs's `Init`/`InitApply`/`InitDone` become the observer's relist, so pods deleted
+//! while the watch was down are forgotten and the first list is the baseline.
 
 use std::time::Duration;
 
@@ -23,7 +21,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch as signal;
-use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamMap;
 
 use crate::config::WatchConfig;
@@ -170,9 +167,8 @@ struct Readiness {
 
 type WatchStream<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
 
-/// Pod events the watch thread takes in a row, and hands over as one batch, before it
-/// looks at its other inputs again: what the connection has already buffered costs one
-/// `select!` round and one hand-over, not one per event.
+/// Pod events handled in a row before the loop looks at its other inputs again: what
+/// the connection has already buffered is applied without a `select!` round per event.
 const POD_EVENT_BATCH: usize = 64;
 
 /// One watcher per namespace of `scope`, merged; items carry their stream's index (its
@@ -214,189 +210,93 @@ where
     )
 }
 
-/// What the watch thread hands to the observer thread, in the order it happened; `at`
-/// is when the event came off the connection.
-enum Input {
-    Pod {
-        stream: usize,
-        event: Result<Event<SlimPod>, watcher::Error>,
-        at: Timestamp,
-    },
-    Kubelet {
-        stream: usize,
-        event: Result<Event<SlimEvent>, watcher::Error>,
-        at: Timestamp,
-    },
-    Tick(Timestamp),
-}
-
-/// Batches in flight between the threads. Full, the watch thread stops reading, and the
-/// API server's stream waits in the connection, as it would for a single thread.
-const BATCHES_IN_FLIGHT: usize = 16;
-
 impl WatchLoop {
-    /// Registers the watches for readiness at once, and returns the loop, which runs on
-    /// two threads of its own until `shutdown` turns true:
-    /// - the watch thread (a single-threaded runtime with its own API connections) reads
-    ///   and decodes the streams and passes the events on in batches;
-    /// - the observer thread applies them to the observer, the metrics and the incident
-    ///   log, and marks each stream synced once its list has been applied.
-    ///
-    /// Decoding the stream is most of the work, so each stage gets a core: the stream is
-    /// read at the decoder's pace, not at the decoder's plus the observer's. One thread
-    /// per stage, not a multi-threaded runtime: with tasks migrating between workers,
-    /// the cross-thread wake-ups had cost more CPU than the observing itself; a batch
-    /// costs one.
+    /// Registers the watches for readiness at once, and returns the loop, which runs until
+    /// `shutdown` turns true on a thread of its own (see [`WatchLoop::run_here`]).
     pub fn start(self, shutdown: signal::Receiver<bool>) -> impl Future<Output = ()> + Send {
         let streams = self.scope.namespaces.len();
         let readiness = Readiness {
             pods: (0..streams).map(|_| self.health.register_watch()).collect(),
             events: (0..streams).map(|_| self.health.register_watch()).collect(),
         };
-        let WatchLoop {
-            kube_config,
-            scope,
-            observer,
-            metrics,
-            watch_metrics,
-            health: _,
-            incidents,
-        } = self;
-        let observing = Observing {
-            observer,
-            metrics,
-            watch_metrics,
-            incidents,
-            readiness,
-        };
         async move {
-            let (to_observer, from_watch) = mpsc::channel(BATCHES_IN_FLIGHT);
-            let Some(observed) = spawn_thread("observer", move || observing.run(from_watch)) else {
-                return;
-            };
-            let watched = match tokio::runtime::Builder::new_current_thread()
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {
-                Ok(runtime) => spawn_thread("watch", move || {
-                    runtime.block_on(feed(kube_config, scope, to_observer, shutdown));
-                }),
+                Ok(runtime) => runtime,
                 Err(error) => {
                     tracing::warn!(%error, "cannot build the watch thread's runtime; watching on the main one");
-                    feed(kube_config, scope, to_observer, shutdown).await;
-                    None
+                    return self.run_here(readiness, shutdown).await;
                 }
             };
-            if let Some(watched) = watched
-                && watched.await.is_err()
-            {
-                // Only a panic drops the sender unsent (the panic itself is on stderr).
-                tracing::error!("the watch thread died; restart the exporter");
-            }
-            // The watch thread's end closes the channel: the observer applies what is
-            // left and stops.
-            if observed.await.is_err() {
-                tracing::error!("the observer thread died; restart the exporter");
-            }
-        }
-    }
-}
-
-/// Runs `work` on a named thread; the receiver resolves when it has returned. `None`
-/// (logged) when the thread cannot be started: the watches then never start, and
-/// `/readyz` stays 503, which says so.
-fn spawn_thread(name: &str, work: impl FnOnce() + Send + 'static) -> Option<oneshot::Receiver<()>> {
-    let (done, finished) = oneshot::channel();
-    let spawned = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            work();
-            let _ = done.send(());
-        });
-    match spawned {
-        Ok(_) => Some(finished),
-        Err(error) => {
-            tracing::error!(%error, thread = name, "cannot start a thread of the watch loop");
-            None
-        }
-    }
-}
-
-/// The watch thread: reads the pod and Event streams until `shutdown`, and passes what
-/// it reads (and a tick a second) to the observer thread.
-async fn feed(
-    kube_config: kube::Config,
-    scope: Scope,
-    to_observer: mpsc::Sender<Vec<Input>>,
-    mut shutdown: signal::Receiver<bool>,
-) {
-    // Built here, so that its connections are driven by this thread's runtime.
-    let client = match Client::try_from(kube_config) {
-        Ok(client) => client,
-        Err(error) => {
-            tracing::error!(%error, "cannot build the Kubernetes client for the watches");
-            return;
-        }
-    };
-    let mut pods = watch_all::<SlimPod>(&client, &scope, &scope.pod_watcher_config());
-    let mut events = watch_all::<SlimEvent>(&client, &scope, &scope.event_watcher_config());
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let mut batch = Vec::new();
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => break,
-            Some((stream, event)) = pods.next() => {
-                batch.push(Input::Pod { stream, event, at: Timestamp::now() });
-                // What the connection has already buffered goes in the same batch.
-                while batch.len() < POD_EVENT_BATCH {
-                    // Polled with this task's waker, so a Pending leaves it registered.
-                    let next = std::future::poll_fn(|cx| Poll::Ready(pods.poll_next_unpin(cx)));
-                    let Poll::Ready(Some((stream, event))) = next.await else {
-                        break;
-                    };
-                    batch.push(Input::Pod { stream, event, at: Timestamp::now() });
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new()
+                .name("watch".to_owned())
+                .spawn(move || {
+                    runtime.block_on(self.run_here(readiness, shutdown));
+                    let _ = done.send(());
+                });
+            match spawned {
+                Ok(_) => {
+                    if finished.await.is_err() {
+                        // Only a panic drops the sender unsent (the panic itself is on stderr).
+                        tracing::error!("the watch thread died; restart the exporter");
+                    }
                 }
+                // The watches never start: /readyz stays 503, which says so.
+                Err(error) => tracing::error!(%error, "cannot start the watch thread"),
             }
-            Some((stream, event)) = events.next() => {
-                batch.push(Input::Kubelet { stream, event, at: Timestamp::now() });
-            }
-            _ = ticker.tick() => batch.push(Input::Tick(Timestamp::now())),
-        }
-        if to_observer.send(batch).await.is_err() {
-            tracing::error!("the observer thread is gone; the watches stop");
-            break;
         }
     }
-}
 
-/// The observer thread's state: everything the events update.
-struct Observing {
-    observer: Observer,
-    metrics: Metrics,
-    watch_metrics: WatchMetrics,
-    incidents: SharedIncidentLog,
-    readiness: Readiness,
-}
-
-impl Observing {
-    /// Applies the watch thread's batches until it stops.
-    fn run(mut self, mut from_watch: mpsc::Receiver<Vec<Input>>) {
+    /// The watch loop proper. `start` gives it a single-threaded runtime on a thread of
+    /// its own, with its own API connections: decoding, observing and recording then
+    /// happen on one thread, and events flow without a cross-thread wake-up each (on the
+    /// multi-threaded runtime those wake-ups cost more CPU than the observing itself).
+    async fn run_here(mut self, readiness: Readiness, mut shutdown: signal::Receiver<bool>) {
+        let Readiness {
+            pods: mut pod_readiness,
+            events: mut event_readiness,
+        } = readiness;
+        // Built here, so that its connections are driven by this runtime.
+        let client = match Client::try_from(self.kube_config.clone()) {
+            Ok(client) => client,
+            Err(error) => {
+                tracing::error!(%error, "cannot build the Kubernetes client for the watches");
+                return;
+            }
+        };
+        let mut pods = watch_all::<SlimPod>(&client, &self.scope, &self.scope.pod_watcher_config());
+        let mut events =
+            watch_all::<SlimEvent>(&client, &self.scope, &self.scope.event_watcher_config());
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out: Vec<Observation> = Vec::new();
-        while let Some(batch) = from_watch.blocking_recv() {
-            for input in batch {
-                match input {
-                    Input::Pod { stream, event, at } => {
-                        self.on_pod_event(stream, event, at, &mut out);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                Some((stream, event)) = pods.next() => {
+                    self.on_pod_event(stream, event, &mut out, &mut pod_readiness);
+                    for _ in 1..POD_EVENT_BATCH {
+                        // Polled with this task's waker, so a Pending leaves it registered.
+                        let next = std::future::poll_fn(|cx| Poll::Ready(pods.poll_next_unpin(cx)));
+                        let Poll::Ready(Some((stream, event))) = next.await else {
+                            break;
+                        };
+                        self.record(&mut out);
+                        self.on_pod_event(stream, event, &mut out, &mut pod_readiness);
                     }
-                    Input::Kubelet { stream, event, at } => {
-                        self.on_kubelet_event(stream, event, at, &mut out);
-                    }
-                    Input::Tick(now) => self.observer.tick(now, &mut out),
                 }
-                self.record(&mut out);
+                Some((stream, event)) = events.next() => {
+                    self.on_kubelet_event(stream, event, &mut out, &mut event_readiness);
+                }
+                _ = ticker.tick() => {
+                    self.observer.tick(Timestamp::now(), &mut out);
+                }
             }
+            self.record(&mut out);
             self.metrics
                 .set_observed_containers(self.observer.container_count());
         }
@@ -420,10 +320,11 @@ impl Observing {
         &mut self,
         stream: usize,
         event: Result<Event<SlimPod>, watcher::Error>,
-        now: Timestamp,
         out: &mut Vec<Observation>,
+        readiness: &mut [WatchReadiness],
     ) {
         const RESOURCE: &str = "pods";
+        let now = Timestamp::now();
         match event {
             Ok(Event::Init) => {
                 self.watch_metrics.event(RESOURCE, "init");
@@ -436,7 +337,7 @@ impl Observing {
             Ok(Event::InitDone) => {
                 self.watch_metrics.event(RESOURCE, "init_done");
                 self.observer.end_relist(stream, now, out);
-                if let Some(ready) = self.readiness.pods.get_mut(stream) {
+                if let Some(ready) = readiness.get_mut(stream) {
                     ready.mark_synced();
                 }
                 tracing::info!(
@@ -461,10 +362,11 @@ impl Observing {
         &mut self,
         stream: usize,
         event: Result<Event<SlimEvent>, watcher::Error>,
-        now: Timestamp,
         out: &mut Vec<Observation>,
+        readiness: &mut [WatchReadiness],
     ) {
         const RESOURCE: &str = "events";
+        let now = Timestamp::now();
         match event {
             Ok(Event::Init) => self.watch_metrics.event(RESOURCE, "init"),
             Ok(Event::InitApply(event)) => {
@@ -473,7 +375,7 @@ impl Observing {
             }
             Ok(Event::InitDone) => {
                 self.watch_metrics.event(RESOURCE, "init_done");
-                if let Some(ready) = self.readiness.events.get_mut(stream) {
+                if let Some(ready) = readiness.get_mut(stream) {
                     ready.mark_synced();
                 }
             }
