@@ -54,6 +54,11 @@ impl Workload {
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
+
+    /// A hash of the three names, the same in every process (a fixed seed).
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
 }
 
 impl PartialEq for Workload {
