@@ -49,8 +49,9 @@
 //! The experiment's other pieces: [`grade_api`] (the memory-hungry grade API a
 //! pod runs), [`load`] (virtual users that record the outage windows clients
 //! see) and [`services`] (EndpointSlices and a NodePort proxy to ready pods).
-//! [`bench_support`] holds what the root crate's benches share (the `/proc` readers, the
-//! RSS sampler and the realistic pod fleet).
+//! [`bench_support`] holds what the root crate's benches (and, for the exposition
+//! parser, its tests) share: the `/proc` readers, the RSS sampler, the realistic pod
+//! fleet and the Prometheus text parser.
 
 pub mod apiserver;
 pub mod bench_support;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, EVENTS, NAMESPACES, PODS};
+use selfheal_lab::bench_support::exposition::Exposition;
 use serde_json::{Value, json};
 
 pub const NS: &str = "grade-submission";
@@ -319,73 +320,32 @@ pub async fn http_get(port: u16, path: &str, accept: Option<&str>) -> Option<(u1
     selfheal_lab::http_get::get_with(port, path, accept).await
 }
 
-/// One sample line: metric name, label pairs, value.
-type Sample = (String, Vec<(String, String)>, f64);
-
-/// A parsed Prometheus text exposition.
+/// A parsed Prometheus text exposition, with its text (the parser is the benches').
 pub struct Scrape {
     pub text: String,
-    samples: Vec<Sample>,
+    exposition: Exposition,
 }
 
 impl Scrape {
     pub fn parse(text: &str) -> Scrape {
-        let samples = text
-            .lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let value: f64 = value.parse().ok()?;
-                let (name, labels) = match series.split_once('{') {
-                    Some((name, labels)) => (name, labels.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                let labels = labels
-                    .split("\",")
-                    .filter(|pair| !pair.is_empty())
-                    .filter_map(|pair| {
-                        let (key, value) = pair.split_once('=')?;
-                        Some((key.to_owned(), value.trim_matches('"').to_owned()))
-                    })
-                    .collect();
-                Some((name.to_owned(), labels, value))
-            })
-            .collect();
         Scrape {
             text: text.to_owned(),
-            samples,
+            exposition: Exposition::parse(text),
         }
     }
 
     /// Sum of the samples of `name` whose labels include all of `labels`.
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.matching(name, labels).map(|(_, v)| v).sum()
+        self.exposition.sum(name, labels)
     }
 
     /// The single sample of `name` matching `labels`, if there is exactly one.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<f64> = self.matching(name, labels).map(|(_, v)| v).collect();
-        (found.len() == 1).then(|| found[0])
+        self.exposition.get(name, labels)
     }
 
     pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
-        self.matching(name, labels).next().is_some()
-    }
-
-    fn matching<'a>(
-        &'a self,
-        name: &'a str,
-        labels: &'a [(&'a str, &'a str)],
-    ) -> impl Iterator<Item = (&'a Vec<(String, String)>, f64)> + 'a {
-        self.samples
-            .iter()
-            .filter(move |(n, have, _)| {
-                n == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
-            })
-            .map(|(_, labels, value)| (labels, *value))
+        self.exposition.matching(name, labels).next().is_some()
     }
 }
 
