@@ -19,9 +19,9 @@ use crate::observer::{Anomaly, Cause, Observation};
 use crate::workload::Workload;
 
 // The label sets below hold the interned workload itself rather than copies of its three
-// names: hashing one is then the workload's precomputed fingerprint plus the container's
-// name, and equality starts with a pointer comparison. Their labels are, in order:
-// namespace, workload_kind, workload, then the fields' own.
+// names: hashing one starts from the workload's precomputed fingerprint (see
+// `label_set_hash`), and equality starts with a pointer comparison. Their labels are, in
+// order: namespace, workload_kind, workload, then the fields' own.
 
 /// `{namespace, workload_kind, workload}`
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -523,6 +523,31 @@ mod tests {
         metrics.record(&Observation::WorkloadExpired { workload: w });
         let text = render(&registry);
         assert!(!text.contains("grade-submission-api"), "{text}");
+    }
+
+    #[test]
+    fn label_sets_of_equal_workloads_are_the_same_series() {
+        use std::hash::BuildHasher;
+        let labels = |workload: Arc<Workload>, container: &str, reason| ReasonLabels {
+            workload,
+            container: Arc::from(container),
+            reason,
+        };
+        // Two workloads built apart (not the same Arc) with the same names.
+        let a = labels(workload(), "api", Cause::OOMKilled);
+        let b = labels(workload(), "api", Cause::OOMKilled);
+        assert!(!Arc::ptr_eq(&a.workload, &b.workload));
+        assert_eq!(a, b);
+        let state = std::hash::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        assert_ne!(a, labels(workload(), "api", Cause::Error));
+        assert_ne!(a, labels(workload(), "sidecar", Cause::OOMKilled));
+        let other = Arc::new(Workload::new(
+            "grade-submission",
+            "Deployment",
+            "grade-submission-api",
+        ));
+        assert_ne!(a, labels(other, "api", Cause::OOMKilled));
     }
 
     #[test]
