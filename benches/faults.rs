@@ -68,8 +68,8 @@
 //! guard however the bench ends.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use jiff::{SignedDuration, Timestamp};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store, kubeconfig};
+use selfheal_lab::bench_support::daemon::{Daemon, Launch};
 use selfheal_lab::bench_support::exposition::Exposition;
 use selfheal_lab::bench_support::procfs::{RssSampler, read_status};
 use serde_json::{Value, json};
@@ -95,6 +96,8 @@ const DEPLOYMENTS: [(&str, &str); 3] = [
 const REPLICAS: usize = 10;
 const STEP: Duration = Duration::from_millis(150);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// How long one GET from the daemon may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the counts match, wait this long and count again: exact, not "at least".
 const CONFIRM: Duration = Duration::from_secs(2);
@@ -290,8 +293,8 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
         servers.spawn(serve_ok(ok));
     }
 
-    let mut daemon = Daemon::spawn(&kubeconfig, dir.path(), &config)?;
-    let rss = RssSampler::start(daemon.pid, SAMPLE_EVERY);
+    let mut daemon = spawn_daemon(&kubeconfig, dir.path(), &config)?;
+    let rss = RssSampler::start(daemon.pid(), SAMPLE_EVERY);
     daemon.wait_ready(Duration::from_secs(60)).await?;
     let before = daemon.scrape().await?;
     let observed = before.sum("selfheal_observed_containers", &[]);
@@ -304,7 +307,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
     }
 
     // Injection window: fault, kubelet and readiness sampling run together.
-    let readiness = ReadySampler::start(daemon.port);
+    let readiness = ReadySampler::start(daemon.port());
     let window_start = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let fault = tokio::spawn(run_fault(
@@ -356,8 +359,8 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
     tokio::time::sleep(CONFIRM).await;
     let last = daemon.scrape().await?;
     let (ready_samples, ready_ok) = readiness.stop().await;
-    let ready_at_end = matches!(get(daemon.port, "/readyz").await, Some((200, _)));
-    let status = read_status(daemon.pid)?;
+    let ready_at_end = matches!(daemon.get("/readyz").await, Ok((200, _)));
+    let status = read_status(daemon.pid())?;
     let peak_rss = rss.stop().await.max(status.rss_bytes);
     daemon.terminate();
 
@@ -370,7 +373,7 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
             last.breakdown("selfheal_container_restarts_total", "reason", &[])
         ));
         let kept = std::env::temp_dir().join(format!("selfheal-faults-{}.log", scenario.name()));
-        if std::fs::copy(&daemon.log, &kept).is_ok() {
+        if std::fs::copy(daemon.log(), &kept).is_ok() {
             problems.push(format!("daemon log kept at {}", kept.display()));
         }
     }
@@ -1037,128 +1040,22 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // The daemon process, its memory and readiness.
 // ---------------------------------------------------------------------------------------
 
-/// The daemon binary running against the lab (through the proxy); killed when dropped.
-struct Daemon {
-    child: Child,
-    pid: u32,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(kubeconfig: &Path, dir: &Path, config: &str) -> Result<Daemon> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .context("a free port on 127.0.0.1")?
-            .port();
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, config).context("config written")?;
-        let log = dir.join("daemon.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"));
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--config")
-            .arg(&config_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("FAULTS_RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).context("daemon log file")?);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SELFHEAL_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command.spawn().context("the daemon starts")?;
-        Ok(Daemon {
-            pid: child.id(),
-            child,
-            port,
-            log,
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the daemon exited with {status}; log:\n{}", self.log_tail());
-            }
-            if let Some((200, _)) = get(self.port, "/readyz").await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon was not ready in time; log:\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn scrape(&self) -> Result<Exposition> {
-        match get(self.port, "/metrics").await {
-            Some((200, body)) => Ok(Exposition::parse(&body)),
-            other => bail!(
-                "/metrics answered {:?}; log:\n{}",
-                other.map(|(status, _)| status),
-                self.log_tail()
-            ),
-        }
-    }
-
-    /// SIGTERM, then up to 10 s for the exit (the drop guard kills it otherwise).
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    if !status.success() {
-                        eprintln!("faults: the daemon exited with {status} after SIGTERM");
-                    }
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => return,
-            }
-        }
-        eprintln!("faults: the daemon did not exit within 10 s of SIGTERM; killing it");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-async fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        selfheal_lab::http_get::get(port, path),
-    )
-    .await
-    .ok()
-    .flatten()
+/// The release daemon against the lab (through the proxy), with `config` (TOML) as its
+/// config file and none of the caller's `SELFHEAL_*`.
+fn spawn_daemon(kubeconfig: &Path, dir: &Path, config: &str) -> Result<Daemon> {
+    let config_path = dir.join("config.toml");
+    std::fs::write(&config_path, config).context("config written")?;
+    let rust_log = std::env::var("FAULTS_RUST_LOG").unwrap_or_else(|_| "info".into());
+    Daemon::spawn(&Launch {
+        who: "faults",
+        binary: Path::new(env!("CARGO_BIN_EXE_selfheal-exporter")),
+        wrapper: &[],
+        kubeconfig,
+        config: Some(&config_path),
+        rust_log: &rust_log,
+        dir,
+        http_timeout: HTTP_TIMEOUT,
+    })
 }
 
 /// GETs `/readyz` every 100 ms; counts samples and 200s.

@@ -43,14 +43,15 @@
 //! GiB at full size, reported at the end); a smaller `BENCH_HISTORY` saves it, and a
 //! relist caused by falling behind is reported.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES};
+use selfheal_lab::bench_support::daemon::{Daemon, Launch};
 use selfheal_lab::bench_support::exposition::{Exposition, http_get};
 use selfheal_lab::bench_support::fleet::{Fleet, NAMESPACE_NAMES};
 use selfheal_lab::bench_support::procfs::{
@@ -184,16 +185,16 @@ async fn run(settings: &Settings) -> Result<Verdict> {
 
     // 2. The daemon.
     let daemon_started = Instant::now();
-    let mut daemon = Daemon::spawn(&kubeconfig, dir.path())?;
+    let mut daemon = spawn_daemon(&kubeconfig, dir.path())?;
     eprintln!(
         "observer_load: daemon started (pid {}); waiting for /readyz…",
-        daemon.pid
+        daemon.pid()
     );
-    let sampler = RssSampler::start(daemon.pid, SAMPLE_EVERY);
+    let sampler = RssSampler::start(daemon.pid(), SAMPLE_EVERY);
     daemon.wait_ready(READY_TIMEOUT).await?;
     let sync_wall = daemon_started.elapsed();
-    let sync_cpu = cpu_seconds(daemon.pid, clk_tck)?;
-    let sync_rss = read_status(daemon.pid)?.rss_bytes;
+    let sync_cpu = cpu_seconds(daemon.pid(), clk_tck)?;
+    let sync_rss = read_status(daemon.pid())?.rss_bytes;
     let sync_peak = sampler.take_peak().max(sync_rss);
 
     let baseline = daemon.scrape().await?;
@@ -208,9 +209,9 @@ async fn run(settings: &Settings) -> Result<Verdict> {
         "observer_load: streaming {} status updates…",
         settings.updates
     );
-    let cpu_before_updates = cpu_seconds(daemon.pid, clk_tck)?;
+    let cpu_before_updates = cpu_seconds(daemon.pid(), clk_tck)?;
     let updates_started = Instant::now();
-    let prometheus = Prometheus::start(daemon.port, settings.scrape_every);
+    let prometheus = Prometheus::start(daemon.port(), settings.scrape_every);
     let store = lab.store().clone();
     let updates = settings.updates;
     let (fleet, _) =
@@ -252,12 +253,12 @@ async fn run(settings: &Settings) -> Result<Verdict> {
     };
     let end_to_end = updates_started.elapsed();
     let periodic_scrapes = prometheus.stop();
-    let cpu_after_updates = cpu_seconds(daemon.pid, clk_tck)?;
+    let cpu_after_updates = cpu_seconds(daemon.pid(), clk_tck)?;
     let update_peak = sampler.take_peak();
-    let status_after = read_status(daemon.pid)?;
+    let status_after = read_status(daemon.pid())?;
 
     // 5. One measured scrape, and the CPU cost of scraping (to net out the polling).
-    let scrape_cpu_before = cpu_seconds(daemon.pid, clk_tck)?;
+    let scrape_cpu_before = cpu_seconds(daemon.pid(), clk_tck)?;
     let scrape_started = Instant::now();
     let (status, body) = daemon.get("/metrics").await?;
     let scrape_time = scrape_started.elapsed();
@@ -265,10 +266,10 @@ async fn run(settings: &Settings) -> Result<Verdict> {
     for _ in 0..4 {
         daemon.get("/metrics").await?;
     }
-    let cpu_per_scrape = (cpu_seconds(daemon.pid, clk_tck)? - scrape_cpu_before) / 5.0;
+    let cpu_per_scrape = (cpu_seconds(daemon.pid(), clk_tck)? - scrape_cpu_before) / 5.0;
     let final_scrape = Exposition::parse(&body);
     let series = final_scrape.samples().len();
-    let final_rss = read_status(daemon.pid)?;
+    let final_rss = read_status(daemon.pid())?;
     sampler.stop().await;
 
     // 6. Report.
@@ -302,7 +303,7 @@ async fn run(settings: &Settings) -> Result<Verdict> {
         fleet.workloads,
         namespaces,
         settings.updates,
-        daemon.binary.display()
+        daemon.binary().display()
     );
     println!(
         "pods loaded: {} (lab load time {:.2} s, avg pod {:.1} KiB as JSON incl. {:.1} KiB last-applied annotation)",
@@ -413,118 +414,19 @@ fn print_watch_health(scrape: &Exposition) {
 // The daemon process and what /proc says about it.
 // ---------------------------------------------------------------------------------------
 
-/// The daemon binary running against the lab; killed when dropped (also on panic).
-struct Daemon {
-    child: Child,
-    pid: u32,
-    port: u16,
-    binary: PathBuf,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn spawn(kubeconfig: &Path, dir: &Path) -> Result<Daemon> {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_selfheal-exporter"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .context("a free port on 127.0.0.1")?
-            .port();
-        let log = dir.join("daemon.log");
-        let mut command = Command::new(&binary);
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).context("daemon log file")?);
-        // Only the built-in defaults: no configuration from the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SELFHEAL_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        Ok(Daemon {
-            pid: child.id(),
-            child,
-            port,
-            binary,
-            log,
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().context("daemon status")? {
-                bail!("the daemon exited with {status}; log:\n{}", self.log_tail());
-            }
-            if let Ok((200, _)) = http_get(self.port, "/readyz", HTTP_TIMEOUT).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon was not ready within {} s; log:\n{}",
-                    timeout.as_secs(),
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.port, path, HTTP_TIMEOUT)
-            .await
-            .with_context(|| format!("GET {path} from the daemon; log:\n{}", self.log_tail()))
-    }
-
-    async fn scrape(&self) -> Result<Exposition> {
-        let (status, body) = self.get("/metrics").await?;
-        ensure!(status == 200, "/metrics answered {status}");
-        Ok(Exposition::parse(&body))
-    }
-
-    /// SIGTERM, then up to 10 s for a clean exit (the drop guard kills it otherwise).
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return,
-                Ok(Some(status)) => {
-                    eprintln!("observer_load: the daemon exited with {status} after SIGTERM");
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => return,
-            }
-        }
-        eprintln!("observer_load: the daemon did not exit within 10 s of SIGTERM; killing it");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The release daemon against the lab, with only the built-in defaults (no config file,
+/// no `SELFHEAL_*` from the caller's environment).
+fn spawn_daemon(kubeconfig: &Path, dir: &Path) -> Result<Daemon> {
+    Daemon::spawn(&Launch {
+        who: "observer_load",
+        binary: Path::new(env!("CARGO_BIN_EXE_selfheal-exporter")),
+        wrapper: &[],
+        kubeconfig,
+        config: None,
+        rust_log: "info",
+        dir,
+        http_timeout: HTTP_TIMEOUT,
+    })
 }
 
 /// Scrapes `/metrics` periodically in the background, as Prometheus would: the scrape's

@@ -60,6 +60,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig};
+use selfheal_lab::bench_support::daemon::{self, free_port};
 use selfheal_lab::bench_support::exposition::{Exposition, http_get};
 use selfheal_lab::bench_support::procfs::{clock_ticks_per_second, cpu_seconds};
 use serde_json::Value;
@@ -730,21 +731,15 @@ impl Daemon {
         };
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, targets).context("daemon config written")?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"));
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info");
         // Only this config: nothing from the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SELFHEAL_") {
-                command.env_remove(key);
-            }
-        }
+        let mut command = daemon::command(
+            Path::new(env!("CARGO_BIN_EXE_selfheal-exporter")),
+            &[],
+            kubeconfig,
+            port,
+            Some(config.as_path()),
+        );
+        command.env("RUST_LOG", "info");
         Ok(Daemon {
             process: Process::spawn(name, command, dir)?,
             port,
@@ -982,13 +977,6 @@ fn version_of(binary: &Path) -> String {
             text.lines().next().map(|line| line.trim().to_owned())
         })
         .unwrap_or(name)
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .context("a free port on 127.0.0.1")?
-        .port())
 }
 
 fn unix_now() -> f64 {

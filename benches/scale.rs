@@ -87,7 +87,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -95,11 +95,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_exporter::kube_types::SlimPod;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
+use selfheal_lab::bench_support::daemon::{Daemon, Launch};
 use selfheal_lab::bench_support::exposition::{Exposition, count_series, http_get};
 use selfheal_lab::bench_support::fleet::{Fleet, NAMESPACE_NAMES};
 use selfheal_lab::bench_support::procfs::{
-    RssSampler, clock_ticks_per_second, cpu_seconds, find_descendant, read_status,
-    thread_cpu_seconds,
+    RssSampler, clock_ticks_per_second, cpu_seconds, read_status, thread_cpu_seconds,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -538,16 +538,16 @@ async fn fleet_phase(
     let store = rig.lab.store().clone();
 
     let daemon_started = Instant::now();
-    let mut daemon = Daemon::spawn(&rig.kubeconfig, rig.dir.path(), None)?;
+    let mut daemon = spawn_daemon(&rig.kubeconfig, rig.dir.path(), None)?;
     eprintln!(
         "scale[{phase}]: daemon started (pid {}); waiting for /readyz…",
-        daemon.pid
+        daemon.pid()
     );
-    let sampler = RssSampler::start(daemon.pid, SAMPLE_EVERY);
+    let sampler = RssSampler::start(daemon.pid(), SAMPLE_EVERY);
     daemon.wait_ready(settings.timeout).await?;
     let sync_wall = daemon_started.elapsed();
     let sync_cpu = daemon.cpu(clk_tck)?;
-    let sync_rss = read_status(daemon.pid)?.rss_bytes;
+    let sync_rss = read_status(daemon.pid())?.rss_bytes;
     let sync_peak = sampler.peak().max(sync_rss);
     let (_, baseline_body) = daemon.get("/metrics").await?;
     let baseline = Exposition::parse(&baseline_body);
@@ -572,7 +572,7 @@ async fn fleet_phase(
     eprintln!("scale[{phase}]: streaming {total} status updates…");
     let cpu_before_updates = daemon.cpu(clk_tck)?;
     let updates_started = Instant::now();
-    let mut prometheus = Prometheus::start(daemon.port, settings.scrape_every);
+    let mut prometheus = Prometheus::start(daemon.port(), settings.scrape_every);
     let mut periodic = ScrapeLog::default();
     let mut fleet = fleet;
     let mut written = 0;
@@ -585,23 +585,22 @@ async fn fleet_phase(
             let count = chunk.min(total - written);
             (fleet, _) = stream(fleet, &store, count, false).await?;
             written += count;
-            let body = daemon
-                .wait_applied(applies_before + written as f64, settings.timeout, clk_tck)
-                .await?;
+            let target = applies_before + written as f64;
+            let body = wait_applied(&daemon, target, settings.timeout, clk_tck).await?;
             series = count_series(&body);
         }
         if series >= settings.scrape_series {
             let pause = Instant::now();
             periodic.merge(prometheus.stop());
             let timing = timed_scrapes(&daemon, clk_tck).await?;
-            let peak_so_far = sampler.peak().max(read_status(daemon.pid)?.hwm_bytes);
+            let peak_so_far = sampler.peak().max(read_status(daemon.pid())?.hwm_bytes);
             println!(
                 "[scrape] after {written} updates, idle daemon: {}; daemon RSS peak so far {:.1} MiB",
                 timing.describe(),
                 mib(peak_so_far)
             );
             at_target = Some((written, timing, peak_so_far));
-            prometheus = Prometheus::start(daemon.port, settings.scrape_every);
+            prometheus = Prometheus::start(daemon.port(), settings.scrape_every);
             paused = pause.elapsed();
         } else {
             println!(
@@ -614,14 +613,13 @@ async fn fleet_phase(
     (fleet, _) = stream(fleet, &store, total - written, false).await?;
     let write_rest = write_started.elapsed();
     eprintln!("scale[{phase}]: all updates written; waiting for the daemon to apply them…");
-    let last_body = daemon
-        .wait_applied(applies_before + total as f64, settings.timeout, clk_tck)
-        .await?;
+    let target = applies_before + total as f64;
+    let last_body = wait_applied(&daemon, target, settings.timeout, clk_tck).await?;
     let end_to_end = updates_started.elapsed() - paused;
     periodic.merge(prometheus.stop());
     let update_cpu = daemon.cpu(clk_tck)? - cpu_before_updates;
     let final_timing = timed_scrapes(&daemon, clk_tck).await?;
-    let status = read_status(daemon.pid)?;
+    let status = read_status(daemon.pid())?;
     let peak = sampler.peak().max(status.rss_bytes);
     sampler.stop().await;
     let worst = peak.max(status.hwm_bytes);
@@ -794,10 +792,10 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         &kubeconfig,
     )
     .context("proxy kubeconfig written")?;
-    let mut daemon = Daemon::spawn(&kubeconfig, rig.dir.path(), None)?;
+    let mut daemon = spawn_daemon(&kubeconfig, rig.dir.path(), None)?;
     eprintln!(
         "scale[{phase}]: daemon started (pid {}), talking to the lab through a buffering proxy",
-        daemon.pid
+        daemon.pid()
     );
     daemon.wait_ready(settings.timeout).await?;
     let applies_synced = pod_applies(&daemon.get("/metrics").await?.1);
@@ -806,9 +804,7 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
     eprintln!("scale[{phase}]: warm-up: {pods} updates with the daemon running…");
     let (fleet, _) = stream(fleet, &store, pods, false).await?;
     let mut target = applies_synced + pods as f64;
-    daemon
-        .wait_applied(target, settings.timeout, clk_tck)
-        .await?;
+    wait_applied(&daemon, target, settings.timeout, clk_tck).await?;
 
     // Round 1, the daemon's own capacity: frozen daemon, N updates written, the lab's
     // watch encodes them all into the proxy's buffer; then SIGCONT. Repeated
@@ -823,7 +819,7 @@ async fn drain_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         daemon.wait_state('T', Duration::from_secs(5)).await?;
         eprintln!(
             "scale[{phase}]: round 1.{round} of {rounds}: daemon (pid {}) frozen (SIGSTOP); writing {updates} updates into the lab…",
-            daemon.pid
+            daemon.pid()
         );
         let received_before = proxy.received();
         let write_started = Instant::now();
@@ -1277,10 +1273,10 @@ async fn churn_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
         format!("[metrics]\nretention = \"{}\"\n", settings.churn_retention),
     )
     .context("daemon config file")?;
-    let mut daemon = Daemon::spawn(&rig.kubeconfig, rig.dir.path(), Some(&config))?;
-    eprintln!("scale[{phase}]: daemon started (pid {})", daemon.pid);
+    let mut daemon = spawn_daemon(&rig.kubeconfig, rig.dir.path(), Some(&config))?;
+    eprintln!("scale[{phase}]: daemon started (pid {})", daemon.pid());
     daemon.wait_ready(settings.timeout).await?;
-    let pid = daemon.pid;
+    let pid = daemon.pid();
     println!(
         "[{phase}] daemon config: [metrics] retention = \"{}\" (built-in default 1h), so deleted bare pods' workload series expire within the run",
         settings.churn_retention
@@ -1291,13 +1287,13 @@ async fn churn_phase(settings: &Settings, clk_tck: u64, goals: &mut Goals) -> Re
     let warm_up_updates = fleet.pods().len() * settings.updates_per_pod;
     eprintln!("scale[{phase}]: warm-up: {warm_up_updates} updates…");
     let (fleet, _) = stream(fleet, &store, warm_up_updates, false).await?;
-    let warm_body = daemon
-        .wait_applied(
-            applies_synced + warm_up_updates as f64,
-            settings.timeout,
-            clk_tck,
-        )
-        .await?;
+    let warm_body = wait_applied(
+        &daemon,
+        applies_synced + warm_up_updates as f64,
+        settings.timeout,
+        clk_tck,
+    )
+    .await?;
     let applies_synced = pod_applies(&warm_body);
     println!(
         "[{phase}] warm-up: {warm_up_updates} status updates (one OOMKill cycle per pod): /metrics {} series, daemon RSS {:.1} MiB",
@@ -1516,219 +1512,55 @@ fn churn_writer(
 // The daemon process and what /proc says about it.
 // ---------------------------------------------------------------------------------------
 
-/// The daemon binary running against the lab; killed when dropped (also on panic).
-struct Daemon {
-    /// The daemon, or the `BENCH_DAEMON_WRAPPER` process that runs it.
-    child: Child,
-    /// The daemon itself (what /proc is read for and signals go to).
-    pid: u32,
-    port: u16,
-    log: PathBuf,
+/// The release daemon against the lab, with `config` as its config file and none of the
+/// caller's `SELFHEAL_*`; under `BENCH_DAEMON_WRAPPER` if set.
+fn spawn_daemon(kubeconfig: &Path, dir: &Path, config: Option<&Path>) -> Result<Daemon> {
+    // A profiler to run the daemon under, e.g. `heaptrack -o /tmp/daemon` or
+    // `perf record -g -o /tmp/daemon.perf --`.
+    let wrapper: Vec<String> = std::env::var("BENCH_DAEMON_WRAPPER")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    Daemon::spawn(&Launch {
+        who: "scale",
+        binary: Path::new(env!("CARGO_BIN_EXE_selfheal-exporter")),
+        wrapper: &wrapper,
+        kubeconfig,
+        config,
+        rust_log: "info",
+        dir,
+        http_timeout: HTTP_TIMEOUT,
+    })
 }
 
-impl Daemon {
-    /// Starts the release binary against the lab, with `config` as its config file.
-    fn spawn(kubeconfig: &Path, dir: &Path, config: Option<&Path>) -> Result<Daemon> {
-        let binary = PathBuf::from(env!("CARGO_BIN_EXE_selfheal-exporter"));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .context("a free port on 127.0.0.1")?
-            .port();
-        let log = dir.join("daemon.log");
-        // A profiler to run the daemon under, e.g. `heaptrack -o /tmp/daemon` or
-        // `perf record -g -o /tmp/daemon.perf --`.
-        let wrapper: Vec<String> = std::env::var("BENCH_DAEMON_WRAPPER")
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let mut command = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(&binary);
-                command
-            }
-            None => Command::new(&binary),
-        };
-        command
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).context("daemon log file")?);
-        if let Some(config) = config {
-            command.arg("--config").arg(config);
+/// Waits until `daemon` has counted `target` pod watch `apply` events; returns the
+/// /metrics body that showed it. Scrapes only when the daemon looks idle (or every
+/// 2 s), so polling costs the daemon little.
+async fn wait_applied(
+    daemon: &Daemon,
+    target: f64,
+    timeout: Duration,
+    clk_tck: u64,
+) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        daemon
+            .wait_idle(Duration::from_millis(200), Duration::from_secs(2), clk_tck)
+            .await?;
+        let (status, body) = daemon.get("/metrics").await?;
+        ensure!(status == 200, "/metrics answered {status}");
+        let applies = pod_applies(&body);
+        if applies >= target {
+            return Ok(body);
         }
-        // Only the built-in defaults: no configuration from the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SELFHEAL_") {
-                command.env_remove(key);
-            }
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
-        let mut daemon = Daemon {
-            pid: child.id(),
-            child,
-            port,
-            log,
-        };
-        if !wrapper.is_empty() {
-            daemon.pid = find_descendant(daemon.pid, &binary, Duration::from_secs(30))?;
-        }
-        Ok(daemon)
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().context("daemon status")? {
-                bail!("the daemon exited with {status}; log:\n{}", self.log_tail());
-            }
-            if let Ok((200, _)) = http_get(self.port, "/readyz", HTTP_TIMEOUT).await {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the daemon was not ready within {} s; log:\n{}",
-                    timeout.as_secs(),
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.port, path, HTTP_TIMEOUT)
-            .await
-            .with_context(|| format!("GET {path} from the daemon; log:\n{}", self.log_tail()))
-    }
-
-    fn cpu(&self, clk_tck: u64) -> Result<f64> {
-        cpu_seconds(self.pid, clk_tck)
-    }
-
-    /// Sends `kill -<name>` (STOP, CONT, TERM) to the daemon.
-    fn signal(&self, name: &str) -> Result<()> {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid.to_string())
-            .status()
-            .context("running kill")?;
-        ensure!(status.success(), "kill -{name} {} failed", self.pid);
-        Ok(())
-    }
-
-    /// Waits until /proc says the daemon is in `state` (e.g. 'T', stopped).
-    async fn wait_state(&self, state: char, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
-                .context("reading the daemon's /proc stat")?;
-            let now = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next());
-            if now == Some(state) {
-                return Ok(());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "the daemon did not reach state {state} (is {now:?})"
+        if Instant::now() > deadline {
+            let scrape = Exposition::parse(&body);
+            print_watch_health("timeout", &scrape);
+            bail!(
+                "the daemon applied {applies} of {target} pod events within {} s",
+                timeout.as_secs()
             );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    /// Returns once the daemon's CPU time has not moved for `quiet`, or after `max`.
-    async fn wait_idle(&self, quiet: Duration, max: Duration, clk_tck: u64) -> Result<()> {
-        let started = Instant::now();
-        let mut last = self.cpu(clk_tck)?;
-        let mut since = Instant::now();
-        while started.elapsed() < max {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let cpu = self.cpu(clk_tck)?;
-            if cpu > last {
-                last = cpu;
-                since = Instant::now();
-            } else if since.elapsed() >= quiet {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until the daemon has counted `target` pod watch `apply` events; returns the
-    /// /metrics body that showed it. Scrapes only when the daemon looks idle (or every
-    /// 2 s), so polling costs the daemon little.
-    async fn wait_applied(&self, target: f64, timeout: Duration, clk_tck: u64) -> Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.wait_idle(Duration::from_millis(200), Duration::from_secs(2), clk_tck)
-                .await?;
-            let (status, body) = self.get("/metrics").await?;
-            ensure!(status == 200, "/metrics answered {status}");
-            let applies = pod_applies(&body);
-            if applies >= target {
-                return Ok(body);
-            }
-            if Instant::now() > deadline {
-                let scrape = Exposition::parse(&body);
-                print_watch_health("timeout", &scrape);
-                bail!(
-                    "the daemon applied {applies} of {target} pod events within {} s",
-                    timeout.as_secs()
-                );
-            }
-        }
-    }
-
-    /// SIGTERM, then up to 10 s for a clean exit (the drop guard kills it otherwise).
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid.to_string())
-            .status();
-        // A profiler wrapping the daemon may take a while to write its data.
-        let wrapped = self.pid != self.child.id();
-        let deadline = Instant::now() + Duration::from_secs(if wrapped { 300 } else { 10 });
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) if status.success() => return,
-                Ok(Some(status)) => {
-                    eprintln!("scale: the daemon exited with {status} after SIGTERM");
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => return,
-            }
-        }
-        eprintln!("scale: the daemon did not exit in time after SIGTERM; killing it");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            if self.pid != self.child.id() {
-                // Wrapped: the daemon first (it is not our child; SIGKILL also ends SIGSTOP).
-                let _ = Command::new("kill")
-                    .arg("-KILL")
-                    .arg(self.pid.to_string())
-                    .status();
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

@@ -50,8 +50,8 @@
 //! pod runs), [`load`] (virtual users that record the outage windows clients
 //! see) and [`services`] (EndpointSlices and a NodePort proxy to ready pods).
 //! [`bench_support`] holds what the root crate's benches (and, for the exposition
-//! parser, its tests) share: the `/proc` readers, the RSS sampler, the realistic pod
-//! fleet and the Prometheus text parser.
+//! parser and the daemon's command line, its tests) share: the `/proc` readers, the RSS
+//! sampler, the realistic pod fleet, the Prometheus text parser and the daemon process.
 
 pub mod apiserver;
 pub mod bench_support;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, EVENTS, NAMESPACES, PODS};
+use selfheal_lab::bench_support::daemon;
 use selfheal_lab::bench_support::exposition::Exposition;
 use serde_json::{Value, json};
 
@@ -173,10 +174,7 @@ pub struct Daemon {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    daemon::free_port().expect("free port")
 }
 
 impl Daemon {
@@ -208,20 +206,21 @@ impl Daemon {
         let config_path = dir.join(format!("config-{port}.toml"));
         std::fs::write(&config_path, config).expect("config written");
         let stderr = dir.join(format!("daemon-{port}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_selfheal-exporter"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "info,selfheal_exporter=debug")
-            .env_remove("SELFHEAL_CONFIG")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("log file"))
-            .spawn()
-            .expect("daemon starts");
+        // Only `config` and `env`: none of the caller's SELFHEAL_* (they would configure
+        // the daemon behind the test's back).
+        let child = daemon::command(
+            std::path::Path::new(env!("CARGO_BIN_EXE_selfheal-exporter")),
+            &[],
+            kubeconfig,
+            port,
+            Some(&config_path),
+        )
+        .env("RUST_LOG", "info,selfheal_exporter=debug")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).expect("log file"))
+        .spawn()
+        .expect("daemon starts");
         Daemon {
             child,
             port,
