@@ -6,9 +6,8 @@
 //! kube-rs's `Init`/`InitApply`/`InitDone` become the observer's relist, so pods deleted
 //! while the watch was down are forgotten and the first list is the baseline.
 
-use std::time::Duration;
-
 use std::task::Poll;
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
