@@ -40,7 +40,7 @@
 //!   watch line exactly as the lab sends it (`{"type":"MODIFIED","object":{…}}`,
 //!   serialized from the same `Value` by the same serializer); afterwards, with the
 //!   daemon and the lab idle, one thread decodes those lines with `serde_json` alone into
-//!   `selfheal_exporter::kube_types::SlimPod` inside a `WatchEvent { type, object }`,
+//!   `selfheal_exporter::k8s::types::SlimPod` inside a `WatchEvent { type, object }`,
 //!   best of three passes (with the daemon's allocator, mimalloc, as this process's, so
 //!   that both sides allocate alike). The frozen-daemon drain is likewise repeated
 //!   `BENCH_DRAIN_ROUNDS` (3) times and the best kept, every round's rate printed: on
@@ -93,7 +93,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use selfheal_exporter::kube_types::SlimPod;
+use selfheal_exporter::k8s::types::SlimPod;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
 use selfheal_lab::bench_support::daemon::{Daemon, Launch};
 use selfheal_lab::bench_support::exposition::{Exposition, count_series, http_get};

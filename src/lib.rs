@@ -1,23 +1,29 @@
 //! selfheal-exporter: measures how well Kubernetes workloads heal themselves.
 //!
-//! Data flows one way: the watch stream ([`watch`]) feeds the pure [`observer`], whose
-//! observations update the Prometheus [`metrics`], served by [`admin`].
+//! The folders follow the data:
+//!
+//! ```text
+//!   k8s ──watch streams──▶ observe ──observations──▶ export (metrics, /metrics)
+//!                            │                          ▲
+//!                            ▼ deaths                   │
+//!                        correlate (incidents) ◀── probe (scheduler → outcomes → outages)
+//! ```
+//!
+//! - [`k8s`]: the API client, slim types, watch streams, workload identity, sharding.
+//! - [`observe`]: the pure observer, pod statuses and kubelet Events in, observations
+//!   (restarts by cause, OOM kills, recoveries) out; no I/O, no metrics library.
+//! - [`probe`]: probe targets, Service discovery, the scheduler and the outage tracker.
+//! - [`correlate`]: the incident log joining deaths and outages.
+//! - [`export`]: metric families, exposition, cardinality guard, the admin server.
+//! - [`leader`]: active/passive leader election on a Lease.
+//! - [`config`]: loading and checking the configuration.
+//! - [`app`]: the command line and the daemon that wires the pipelines together.
 
-pub mod admin;
-pub mod cardinality;
-pub mod client;
+pub mod app;
 pub mod config;
-pub mod exposition;
-pub mod health;
-pub mod incidents;
-pub mod kube_types;
+pub mod correlate;
+pub mod export;
+pub mod k8s;
 pub mod leader;
-pub mod metrics;
-pub mod observer;
-pub mod prober;
-pub mod quantity;
-pub mod sharding;
-pub mod shutdown;
-pub mod watch;
-pub mod watch_backoff;
-pub mod workload;
+pub mod observe;
+pub mod probe;

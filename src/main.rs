@@ -1,7 +1,5 @@
-//! The `selfheal-exporter` binary: parses the command line and hands over to the daemon.
-
-mod cli;
-mod daemon;
+//! The `selfheal-exporter` binary: sets up the allocator and the TLS provider, then hands
+//! over to [`selfheal_exporter::app::main`].
 
 use std::process::ExitCode;
 
@@ -42,5 +40,5 @@ extern "C" fn tune_allocator() {
 fn main() -> ExitCode {
     // Two TLS providers in one process make kube panic: choose ring before anything else.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    cli::main()
+    selfheal_exporter::app::main()
 }

@@ -14,8 +14,8 @@ use reqwest::Url;
 use serde::{Deserialize, Serialize};
 
 use super::target::{MAX_INTERVAL, MAX_TIMEOUT, MIN_INTERVAL, ProbeSpec, StatusSet};
-use crate::incidents::Fronts;
-use crate::kube_types::SlimService;
+use crate::correlate::incidents::Fronts;
+use crate::k8s::types::SlimService;
 
 pub const PROBE: &str = "selfheal.io/probe";
 pub const PATH: &str = "selfheal.io/probe-path";

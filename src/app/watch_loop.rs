@@ -1,5 +1,6 @@
-//! The async edge of the observer: kube-rs watchers for pods and kubelet Events, fed in
-//! order into the [`Observer`], whose observations update the [`Metrics`].
+//! The restart pipeline's loop: the pod and kubelet-Event watch streams
+//! ([`crate::k8s::watch`]) fed in order into the pure [`Observer`], whose observations
+//! update the [`Metrics`] and the incident log.
 //!
 //! One task owns the observer and the metrics, so neither needs a lock. Each watched
 //! namespace (or the whole cluster) is one pod stream with its own list/watch cycle;
@@ -10,141 +11,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use jiff::Timestamp;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event, watcher};
-use kube::{Api, Client};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
+use kube::Client;
+use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch as signal;
-use tokio_stream::StreamMap;
 
-use crate::config::WatchConfig;
-use crate::health::{Health, WatchReadiness};
-use crate::incidents::{SharedIncidentLog, lock};
-use crate::kube_types::{SlimEvent, SlimPod};
-use crate::metrics::Metrics;
-use crate::observer::{Observation, Observer};
-use crate::watch_backoff::{ExpiredFlag, WatchBackoff};
-
-/// Which pods and Events to watch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Scope {
-    /// One stream per namespace; `None` is one stream over all namespaces.
-    pub namespaces: Vec<Option<String>>,
-    /// Excluded namespaces, as a server-side field selector.
-    pub field_selector: Option<String>,
-    pub label_selector: Option<String>,
-}
-
-impl Scope {
-    pub fn from_config(config: &WatchConfig) -> Scope {
-        let included: Vec<Option<String>> = config
-            .namespaces
-            .iter()
-            .filter(|ns| !config.exclude_namespaces.contains(ns))
-            .map(|ns| Some(ns.clone()))
-            .collect();
-        let namespaces = if config.namespaces.is_empty() {
-            vec![None]
-        } else {
-            included
-        };
-        let field_selector = (!config.exclude_namespaces.is_empty()).then(|| {
-            config
-                .exclude_namespaces
-                .iter()
-                .map(|ns| format!("metadata.namespace!={ns}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        });
-        let label_selector =
-            (!config.label_selector.trim().is_empty()).then(|| config.label_selector.clone());
-        Scope {
-            namespaces,
-            field_selector,
-            label_selector,
-        }
-    }
-
-    fn pod_watcher_config(&self) -> watcher::Config {
-        // Pages of 100 rather than 500: kube-rs holds a whole page as text and decoded at
-        // once, and at 7 KiB a pod that buffer was a fifth of the daemon's memory.
-        let mut config = watcher::Config::default().page_size(100);
-        if let Some(labels) = &self.label_selector {
-            config = config.labels(labels);
-        }
-        if let Some(fields) = &self.field_selector {
-            config = config.fields(fields);
-        }
-        config
-    }
-
-    /// Only the kubelet's `Killing` Events about pods matter (they attribute probe
-    /// kills); selecting them on the server keeps the Event stream small.
-    fn event_watcher_config(&self) -> watcher::Config {
-        let mut fields = String::from("involvedObject.kind=Pod,reason=Killing");
-        if let Some(excluded) = &self.field_selector {
-            fields.push(',');
-            fields.push_str(excluded);
-        }
-        watcher::Config::default().fields(&fields)
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct WatchEventLabels {
-    resource: &'static str,
-    r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResourceLabels {
-    resource: &'static str,
-}
-
-/// Self-monitoring of the watches.
-#[derive(Clone)]
-pub struct WatchMetrics {
-    events: Family<WatchEventLabels, Counter>,
-    errors: Family<ResourceLabels, Counter>,
-}
-
-impl WatchMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = WatchMetrics {
-            events: Family::default(),
-            errors: Family::default(),
-        };
-        registry.register(
-            "watch_events",
-            "Events received from the Kubernetes watches, by resource and kube-rs event type",
-            metrics.events.clone(),
-        );
-        registry.register(
-            "watch_errors",
-            "Failed list or watch calls (each is retried with backoff), by resource",
-            metrics.errors.clone(),
-        );
-        metrics
-    }
-
-    pub(crate) fn event(&self, resource: &'static str, r#type: &'static str) {
-        self.events
-            .get_or_create_owned(&WatchEventLabels { resource, r#type })
-            .inc();
-    }
-
-    pub(crate) fn error(&self, resource: &'static str, error: &watcher::Error) {
-        self.errors
-            .get_or_create_owned(&ResourceLabels { resource })
-            .inc();
-        tracing::warn!(resource, %error, "watch failed; retrying with backoff");
-    }
-}
+use crate::correlate::incidents::{SharedIncidentLog, lock};
+use crate::export::metrics::Metrics;
+use crate::k8s::health::{Health, WatchReadiness};
+use crate::k8s::types::{SlimEvent, SlimPod};
+use crate::k8s::watch::{Scope, WatchMetrics, watch_all};
+use crate::observe::{Observation, Observer};
 
 /// Everything the watch loop owns.
 pub struct WatchLoop {
@@ -164,50 +41,9 @@ struct Readiness {
     events: Vec<WatchReadiness>,
 }
 
-type WatchStream<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
-
 /// Pod events handled in a row before the loop looks at its other inputs again: what
 /// the connection has already buffered is applied without a `select!` round per event.
 const POD_EVENT_BATCH: usize = 64;
-
-/// One watcher per namespace of `scope`, merged; items carry their stream's index (its
-/// namespace's position in `scope`).
-///
-/// A `StreamMap` rather than `select_all`: the latter re-queues its stream as a new task
-/// (an allocation) for every item, which showed in the watch thread's profile.
-pub(crate) fn watch_all<K>(
-    client: &Client,
-    scope: &Scope,
-    config: &watcher::Config,
-) -> StreamMap<usize, WatchStream<K>>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + 'static,
-{
-    StreamMap::from_iter(
-        scope
-            .namespaces
-            .iter()
-            .enumerate()
-            .map(|(index, namespace)| {
-                let api: Api<K> = match namespace {
-                    Some(ns) => Api::namespaced(client.clone(), ns),
-                    None => Api::all(client.clone()),
-                };
-                let expired = ExpiredFlag::default();
-                let backoff = WatchBackoff::new(&expired);
-                let stream = watcher(api, config.clone())
-                    .inspect(move |event| expired.observe(event))
-                    .backoff(backoff)
-                    .boxed();
-                (index, stream)
-            }),
-    )
-}
 
 impl WatchLoop {
     /// Registers the watches for readiness at once, and returns the loop, which runs until
@@ -386,39 +222,5 @@ impl WatchLoop {
             Ok(Event::Delete(_)) => self.watch_metrics.event(RESOURCE, "delete"),
             Err(error) => self.watch_metrics.error(RESOURCE, &error),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scope_turns_config_into_streams_and_selectors() {
-        let all = Scope::from_config(&WatchConfig::default());
-        assert_eq!(all.namespaces, vec![None]);
-        assert_eq!(all.field_selector, None);
-
-        let config = WatchConfig {
-            namespaces: vec!["a".into(), "b".into()],
-            exclude_namespaces: vec!["b".into(), "kube-system".into()],
-            label_selector: "app=x".into(),
-        };
-        let scope = Scope::from_config(&config);
-        assert_eq!(scope.namespaces, vec![Some("a".to_owned())]);
-        assert_eq!(
-            scope.field_selector.as_deref(),
-            Some("metadata.namespace!=b,metadata.namespace!=kube-system")
-        );
-        assert_eq!(
-            scope.event_watcher_config().field_selector.as_deref(),
-            Some(
-                "involvedObject.kind=Pod,reason=Killing,metadata.namespace!=b,metadata.namespace!=kube-system"
-            )
-        );
-        assert_eq!(
-            scope.pod_watcher_config().label_selector.as_deref(),
-            Some("app=x")
-        );
     }
 }

@@ -148,7 +148,7 @@ pub fn classify(error: &reqwest::Error) -> ProbeResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prober::target::StaticTarget;
+    use crate::probe::target::StaticTarget;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 

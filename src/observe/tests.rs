@@ -1,7 +1,7 @@
 //! Unit tests of the observer rules, replaying kubelet timelines with `mk_*` helpers.
 
 use super::*;
-use crate::kube_types::{
+use crate::k8s::types::{
     ContainerSpec, ContainerState, ContainerStatus, InvolvedObject, PodCondition, StateRunning,
     StateTerminated, StateWaiting,
 };

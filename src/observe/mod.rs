@@ -8,7 +8,7 @@
 //! - a pod seen again (reconnect, relist, duplicate event) counts only what changed.
 //!
 //! It has no I/O and no clock of its own: every call takes `now`, so tests replay any
-//! timeline exactly. It is fed by [`crate::watch`] in the order kube-rs's watcher
+//! timeline exactly. It is fed by [`crate::k8s::watch`] in the order kube-rs's watcher
 //! delivers: `begin_relist`, `apply_pod`…, `end_relist` for a (re)list; `apply_pod`
 //! and `delete_pod` for watch events; `apply_event` for kubelet Events; `tick` once a
 //! second.
@@ -31,10 +31,10 @@ use prometheus_client::encoding::EncodeLabelValue;
 
 pub use cause::{Cause, ProbeKill};
 
-use crate::kube_types::{SlimEvent, SlimPod};
-use crate::quantity;
-use crate::sharding::Sharding;
-use crate::workload::{Workload, workload_of};
+use crate::k8s::quantity;
+use crate::k8s::sharding::Sharding;
+use crate::k8s::types::{SlimEvent, SlimPod};
+use crate::k8s::workload::{Workload, workload_of};
 use attribution::KillLedger;
 use container::{ContainerTracker, Decision};
 use names::Names;

@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, watch as signal};
 use super::TargetChange;
 use super::discovery::{ServiceAddress, target_from_service};
 use super::metrics::ProbeMetrics;
-use crate::health::{Health, WatchReadiness};
-use crate::kube_types::SlimService;
-use crate::watch::{Scope, WatchMetrics, watch_all};
+use crate::k8s::health::{Health, WatchReadiness};
+use crate::k8s::types::SlimService;
+use crate::k8s::watch::{Scope, WatchMetrics, watch_all};
 
 const RESOURCE: &str = "services";
 

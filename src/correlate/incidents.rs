@@ -14,8 +14,9 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 
-use crate::observer::{DeathId, IncidentUpdate};
-use crate::workload::Workload;
+use crate::correlate::UNKNOWN_CAUSE;
+use crate::k8s::workload::Workload;
+use crate::observe::{DeathId, IncidentUpdate};
 
 /// Which pods a probe target sends its traffic to.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,9 +179,7 @@ impl IncidentLog {
             .as_ref()
             .and_then(|fronts| self.explaining_restart(fronts, &report))
             .cloned();
-        let cause = restart
-            .as_ref()
-            .map_or(crate::prober::UNKNOWN_CAUSE, |r| r.cause);
+        let cause = restart.as_ref().map_or(UNKNOWN_CAUSE, |r| r.cause);
         let id = self.take_id();
         if self.outages.len() == self.capacity {
             self.outages.pop_front();
@@ -278,7 +277,7 @@ fn fronted(fronts: &Fronts, restart: &RestartIncident) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observer::{Cause, DeathRecord};
+    use crate::observe::{Cause, DeathRecord};
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).expect("valid")

@@ -32,15 +32,12 @@ use jiff::{SignedDuration, Timestamp};
 use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
-use crate::incidents::{Fronts, OutageReport, SharedIncidentLog, lock};
-use crate::sharding::Sharding;
+use crate::correlate::incidents::{Fronts, OutageReport, SharedIncidentLog, lock};
+use crate::k8s::sharding::Sharding;
 use http::ProbeResult;
 use metrics::{ProbeMetrics, TargetLabels};
 use outage::{OutageEvent, OutageTracker, Verdict};
 use target::ProbeSpec;
-
-/// Cause label of an outage no restart explains.
-pub const UNKNOWN_CAUSE: &str = "unknown";
 
 #[derive(Debug, Error)]
 #[error("probe target {target}: cannot build its HTTP client: {source}")]
@@ -451,8 +448,8 @@ async fn schedule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cardinality::CardinalityGuard;
-    use crate::incidents::IncidentLog;
+    use crate::correlate::incidents::IncidentLog;
+    use crate::export::cardinality::CardinalityGuard;
     use prometheus_client::registry::Registry;
     use target::StaticTarget;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,5 +1,5 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text, or OpenMetrics when asked; streamed,
-//! see [`crate::exposition`]), `/healthz` (the process lives) and `/readyz` (every watch
+//! see [`crate::export::exposition`]), `/healthz` (the process lives) and `/readyz` (every watch
 //! synced, not draining).
 
 use std::sync::Arc;
@@ -14,9 +14,9 @@ use prometheus_client::encoding::prometheus_text;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
-use crate::exposition::{self, Format};
-use crate::health::Health;
-use crate::incidents::{SharedIncidentLog, lock};
+use crate::correlate::incidents::{SharedIncidentLog, lock};
+use crate::export::exposition::{self, Format};
+use crate::k8s::health::Health;
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -109,8 +109,11 @@ mod tests {
             registry: Arc::new(registry),
             aborted_scrapes: Counter::default(),
             health: Health::default(),
-            incidents: crate::incidents::IncidentLog::new(10, std::time::Duration::from_secs(2))
-                .shared(),
+            incidents: crate::correlate::incidents::IncidentLog::new(
+                10,
+                std::time::Duration::from_secs(2),
+            )
+            .shared(),
         }
     }
 

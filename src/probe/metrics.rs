@@ -13,7 +13,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::http::ProbeResult;
 use super::target::ProbeSpec;
-use crate::cardinality::{CardinalityGuard, GuardedFamily};
+use crate::export::cardinality::{CardinalityGuard, GuardedFamily};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {

@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::cause::Cause;
 use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
-use crate::kube_types::{ContainerStatus, StateTerminated};
+use crate::k8s::types::{ContainerStatus, StateTerminated};
 
 /// Readiness seen later than this after the kubelet's Ready transition was seen late.
 const LATE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);

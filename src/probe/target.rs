@@ -10,8 +10,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 
-use crate::incidents::Fronts;
-use crate::workload::Workload;
+use crate::correlate::incidents::Fronts;
+use crate::k8s::workload::Workload;
 
 /// A target as written in the config file (`[[probes.targets]]`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

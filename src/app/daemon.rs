@@ -8,37 +8,44 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::app::shutdown;
+use crate::app::watch_loop::WatchLoop;
+use crate::config::Config;
+use crate::correlate::incidents::{IncidentLog, SharedIncidentLog};
+use crate::export::admin::{self, AdminState};
+use crate::export::cardinality::CardinalityGuard;
+use crate::export::exposition;
+use crate::export::metrics::{Metrics, register_build_info};
+use crate::k8s::client::kube_config;
+use crate::k8s::health::Health;
+use crate::k8s::watch::{Scope, WatchMetrics};
+use crate::leader::{self, LeaderMetrics, LeaderSettings};
+use crate::observe::{Observer, ObserverConfig};
+use crate::probe::Prober;
+use crate::probe::discovery::ServiceAddress;
+use crate::probe::metrics::ProbeMetrics;
+use crate::probe::service_watch::ServiceWatch;
 use jiff::SignedDuration;
 use kube::Client;
 use prometheus_client::registry::Registry;
-use selfheal_exporter::admin::{self, AdminState};
-use selfheal_exporter::cardinality::CardinalityGuard;
-use selfheal_exporter::client::kube_config;
-use selfheal_exporter::config::Config;
-use selfheal_exporter::exposition;
-use selfheal_exporter::health::Health;
-use selfheal_exporter::incidents::{IncidentLog, SharedIncidentLog};
-use selfheal_exporter::leader::{self, LeaderMetrics, LeaderSettings};
-use selfheal_exporter::metrics::{Metrics, register_build_info};
-use selfheal_exporter::observer::{Observer, ObserverConfig};
-use selfheal_exporter::prober::Prober;
-use selfheal_exporter::prober::discovery::ServiceAddress;
-use selfheal_exporter::prober::metrics::ProbeMetrics;
-use selfheal_exporter::prober::service_watch::ServiceWatch;
-use selfheal_exporter::shutdown;
-use selfheal_exporter::watch::{Scope, WatchLoop, WatchMetrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-use crate::cli::RunArgs;
 
 /// The whole shutdown must finish well inside Kubernetes' default 30 s grace period;
 /// we promise 5 s.
 const SHUTDOWN_BUDGET: Duration = Duration::from_millis(4500);
 
-pub async fn run(config: Config, args: RunArgs) -> ExitCode {
-    let kube = match kube_config(args.kubeconfig.as_deref(), args.context.as_deref()).await {
+/// Where the cluster is: the kubeconfig file(s) and context given on the command line,
+/// else the in-cluster config or `~/.kube/config`.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterAccess {
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+}
+
+pub async fn run(config: Config, access: ClusterAccess) -> ExitCode {
+    let kube = match kube_config(access.kubeconfig.as_deref(), access.context.as_deref()).await {
         Ok(kube) => kube,
         Err(error) => {
             tracing::error!("{error}");

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use selfheal_exporter::config::{Config, FlagOverrides, LogFormat, ShardingOverrides};
+
+use crate::app::daemon::{self, ClusterAccess};
+use crate::config::{Config, FlagOverrides, LogFormat, ShardingOverrides};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,7 +73,7 @@ fn shard_flag(flag: Option<&str>) -> Result<Option<u32>, String> {
     let pod_name = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .map_err(|_| "--shard auto: neither POD_NAME nor HOSTNAME is set".to_owned())?;
-    selfheal_exporter::sharding::Sharding::ordinal_of(&pod_name)
+    crate::k8s::sharding::Sharding::ordinal_of(&pod_name)
         .map(Some)
         .ok_or_else(|| {
             format!("--shard auto: pod name {pod_name:?} does not end in a StatefulSet ordinal")
@@ -141,7 +143,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(crate::daemon::run(config, args))
+    let access = ClusterAccess {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+    };
+    runtime.block_on(daemon::run(config, access))
 }
 
 fn init_logging(format: LogFormat) -> Result<(), String> {

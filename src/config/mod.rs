@@ -13,9 +13,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use serde_saphyr::figment::Yaml;
 
-use crate::prober::discovery::ServiceAddress;
-use crate::prober::target::{ProbeSpec, StaticTarget};
-use crate::sharding::Sharding;
+use crate::k8s::sharding::Sharding;
+pub use crate::k8s::watch::WatchConfig;
+use crate::probe::discovery::ServiceAddress;
+use crate::probe::target::{ProbeSpec, StaticTarget};
 use thiserror::Error;
 
 /// Prefix of the environment variables that set configuration keys. Nested keys use
@@ -259,17 +260,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct WatchConfig {
-    /// Namespaces to watch; empty means all.
-    pub namespaces: Vec<String>,
-    /// Namespaces never to watch.
-    pub exclude_namespaces: Vec<String>,
-    /// Only pods matching this Kubernetes label selector are observed.
-    pub label_selector: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::workload::Workload;
+use crate::k8s::workload::Workload;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

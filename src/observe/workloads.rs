@@ -12,7 +12,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Anomaly, Observation};
-use crate::workload::Workload;
+use crate::k8s::workload::Workload;
 
 #[derive(Debug, Default)]
 struct WorkloadState {

@@ -14,9 +14,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::cardinality::{CardinalityGuard, GuardedFamily};
-use crate::observer::{Anomaly, Cause, Observation};
-use crate::workload::Workload;
+use crate::export::cardinality::{CardinalityGuard, GuardedFamily};
+use crate::k8s::workload::Workload;
+use crate::observe::{Anomaly, Cause, Observation};
 
 // The label sets below hold the interned workload itself rather than copies of its three
 // names: hashing one starts from the workload's precomputed fingerprint (see
