@@ -1,10 +1,8 @@
 //! Why a container died: the closed set of causes exported in the `reason` label.
 
-use prometheus_client::encoding::EncodeLabelValue;
-
 /// The cause of a container death or restart. A closed set, so that dashboards and
 /// alerts can rely on it: any kubelet reason not listed here maps to `Unknown`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cause {
     OOMKilled,
     LivenessProbeFailed,

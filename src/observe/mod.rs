@@ -27,7 +27,6 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use prometheus_client::encoding::EncodeLabelValue;
 
 pub use cause::{Cause, ProbeKill};
 
@@ -145,7 +144,7 @@ pub enum IncidentUpdate {
 }
 
 /// Kinds of bad or surprising input, counted in `selfheal_input_anomalies_total{kind}`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Anomaly {
     MissingField,
     MalformedTimestamp,
@@ -153,6 +152,20 @@ pub enum Anomaly {
     UnknownReason,
     InvalidRestartCount,
     ClockSkew,
+}
+
+impl Anomaly {
+    /// The `kind` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anomaly::MissingField => "MissingField",
+            Anomaly::MalformedTimestamp => "MalformedTimestamp",
+            Anomaly::MalformedQuantity => "MalformedQuantity",
+            Anomaly::UnknownReason => "UnknownReason",
+            Anomaly::InvalidRestartCount => "InvalidRestartCount",
+            Anomaly::ClockSkew => "ClockSkew",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
