@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::daemon::{self, ClusterAccess};
-use crate::config::{Config, FlagOverrides, LogFormat, ShardingOverrides};
+use crate::config::{FlagOverrides, LogFormat, Settings, ShardingOverrides};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,9 +97,12 @@ pub fn main() -> ExitCode {
 }
 
 fn check_config(args: CheckConfigArgs) -> ExitCode {
-    match Config::load(args.config.as_deref(), &FlagOverrides::default()) {
-        Ok(config) => {
-            print!("{}", config.to_toml());
+    match Settings::load(args.config.as_deref(), &FlagOverrides::default()) {
+        Ok(settings) => {
+            for warning in &settings.warnings {
+                eprintln!("warning: {warning}");
+            }
+            print!("{}", settings.config.to_toml());
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -125,16 +128,19 @@ fn run(args: RunArgs) -> ExitCode {
             total_shards: args.total_shards,
         },
     };
-    let config = match Config::load(args.config.as_deref(), &flags) {
-        Ok(config) => config,
+    let settings = match Settings::load(args.config.as_deref(), &flags) {
+        Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = init_logging(config.log_format) {
+    if let Err(error) = init_logging(settings.config.log_format) {
         eprintln!("error: {error}");
         return ExitCode::from(2);
+    }
+    for warning in &settings.warnings {
+        tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -147,7 +153,7 @@ fn run(args: RunArgs) -> ExitCode {
         kubeconfig: args.kubeconfig,
         context: args.context,
     };
-    runtime.block_on(daemon::run(config, access))
+    runtime.block_on(daemon::run(settings, access))
 }
 
 fn init_logging(format: LogFormat) -> Result<(), String> {

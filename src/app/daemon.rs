@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::app::shutdown;
 use crate::app::watch_loop::WatchLoop;
-use crate::config::Config;
+use crate::config::Settings;
 use crate::correlate::incidents::{IncidentLog, SharedIncidentLog};
 use crate::export::admin::{self, AdminState};
 use crate::export::cardinality::CardinalityGuard;
@@ -19,7 +19,7 @@ use crate::export::metrics::{Metrics, register_build_info};
 use crate::k8s::client::kube_config;
 use crate::k8s::health::Health;
 use crate::k8s::watch::{Scope, WatchMetrics};
-use crate::leader::{self, LeaderMetrics, LeaderSettings};
+use crate::leader::{self, LeaderMetrics};
 use crate::observe::{Observer, ObserverConfig};
 use crate::probe::Prober;
 use crate::probe::discovery::ServiceAddress;
@@ -44,7 +44,13 @@ pub struct ClusterAccess {
     pub context: Option<String>,
 }
 
-pub async fn run(config: Config, access: ClusterAccess) -> ExitCode {
+pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
+    let Settings {
+        config,
+        probe_specs,
+        leader: leader_election,
+        warnings: _,
+    } = settings;
     let kube = match kube_config(access.kubeconfig.as_deref(), access.context.as_deref()).await {
         Ok(kube) => kube,
         Err(error) => {
@@ -78,25 +84,18 @@ pub async fn run(config: Config, access: ClusterAccess) -> ExitCode {
     );
     let watch_metrics = WatchMetrics::register(&mut registry);
     let probe_metrics = ProbeMetrics::register(&mut registry, &guard);
-    let leader_election = LeaderSettings::from_config(&config.probes.leader_election);
     let leader_metrics = leader_election
         .as_ref()
         .map(|_| LeaderMetrics::register(&mut registry));
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
-    let prober = match config
-        .probe_specs()
-        .map_err(|error| error.to_string())
-        .and_then(|specs| {
-            Prober::new(
-                specs,
-                probe_metrics.clone(),
-                incidents.clone(),
-                config.metrics.retention,
-                config.sharding,
-            )
-            .map_err(|error| error.to_string())
-        }) {
+    let prober = match Prober::new(
+        probe_specs,
+        probe_metrics.clone(),
+        incidents.clone(),
+        config.metrics.retention,
+        config.sharding,
+    ) {
         Ok(prober) => prober,
         Err(error) => {
             tracing::error!("{error}");
@@ -136,7 +135,7 @@ pub async fn run(config: Config, access: ClusterAccess) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         shard = config.sharding.shard,
         total_shards = config.sharding.total_shards,
-        leader_election = config.probes.leader_election.enabled,
+        leader_election = config.leader_election.enabled,
         "selfheal-exporter started"
     );
     let standby = leader_election.is_some();

@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod cardinality;
+pub mod config;
 pub mod exposition;
 pub mod metrics;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod health;
+pub mod names;
 pub mod quantity;
 pub mod sharding;
 pub mod types;

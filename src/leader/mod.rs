@@ -46,12 +46,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::LeaderElectionConfig;
+pub mod config;
+
+use config::LeaderElectionConfig;
 
 /// How long shutdown waits for the Lease to be released.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The resolved `[probes.leader_election]` settings.
+/// The resolved `[leader_election]` settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderSettings {
     pub lease_name: String,
@@ -63,7 +65,7 @@ pub struct LeaderSettings {
 }
 
 impl LeaderSettings {
-    /// The settings of an enabled, resolved configuration (see `Config::load`); `None`
+    /// The settings of an enabled, resolved configuration (see `Settings::load`); `None`
     /// when leader election is off.
     pub fn from_config(config: &LeaderElectionConfig) -> Option<LeaderSettings> {
         if !config.enabled {

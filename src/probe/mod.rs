@@ -17,6 +17,7 @@
 //! Lease lost, or released at shutdown) every scheduler stops and every probe series goes
 //! at once, before the daemon itself stops.
 
+pub mod config;
 pub mod discovery;
 pub mod http;
 pub mod metrics;
