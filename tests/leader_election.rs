@@ -1,4 +1,4 @@
-//! Leader election (`[probes.leader_election]`), active/passive: of several replicas only
+//! Leader election (`[leader_election]`), active/passive: of several replicas only
 //! the holder of the Lease watches, probes and exports workload and probe series; the
 //! others stand by, live and ready, with nothing but self-metrics. Killing the holder
 //! moves the whole exporter to a standby within the lease duration (its first pod list is
@@ -32,7 +32,7 @@ const POD: &str = "api-0";
 fn config(target_port: u16, lease: &str) -> String {
     format!(
         "[probes]\ndiscovery = false\n\
-         [probes.leader_election]\nenabled = true\n{lease}\n\
+         [leader_election]\nenabled = true\n{lease}\n\
          [[probes.targets]]\nname = \"api\"\nurl = \"http://127.0.0.1:{target_port}/\"\ninterval = \"100ms\"\n"
     )
 }
@@ -48,7 +48,7 @@ fn pod(name: &'static str) -> [(&'static str, &'static str); 2] {
 }
 
 fn leader(scrape: &Scrape) -> Option<f64> {
-    scrape.get("selfheal_prober_leader", &[])
+    scrape.get("selfheal_leader", &[])
 }
 
 fn successes(scrape: &Scrape) -> f64 {
@@ -397,23 +397,23 @@ fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> (Option<i32>
 
 #[test]
 fn a_leader_election_without_namespace_or_identity_or_with_sharding_does_not_start() {
-    let enabled = "[probes.leader_election]\nenabled = true\n";
+    let enabled = "[leader_election]\nenabled = true\n";
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
     let cases: [Case; 3] = [
         (
             enabled,
             &[("POD_NAME", "p")],
-            &["probes.leader_election.namespace", "POD_NAMESPACE"],
+            &["leader_election.namespace", "POD_NAMESPACE"],
         ),
         (
             enabled,
             &[("POD_NAMESPACE", "ns")],
-            &["probes.leader_election.identity", "POD_NAME"],
+            &["leader_election.identity", "POD_NAME"],
         ),
         (
-            "[sharding]\ntotal_shards = 2\n[probes.leader_election]\nenabled = true\nnamespace = \"ns\"\nidentity = \"p\"\n",
+            "[sharding]\ntotal_shards = 2\n[leader_election]\nenabled = true\nnamespace = \"ns\"\nidentity = \"p\"\n",
             &[],
-            &["probes.leader_election.enabled", "sharding.total_shards"],
+            &["leader_election.enabled", "sharding.total_shards"],
         ),
     ];
     for (config, env, expected) in cases {

@@ -24,7 +24,7 @@
 //!   cannot take it back while it is shutting down;
 //! - retries every failed Lease request with backoff (`retry_period`, doubling up to
 //!   `lease_duration`; the holder keeps retrying every `retry_period`), counts it in
-//!   `selfheal_prober_lease_errors_total`, and never panics;
+//!   `selfheal_lease_errors_total`, and never panics;
 //! - on shutdown stops publishing leadership first, then releases the Lease if it holds
 //!   it (bounded by [`RELEASE_TIMEOUT`], inside the daemon's shutdown budget).
 
@@ -42,13 +42,29 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub mod config;
+mod state;
 
 use config::LeaderElectionConfig;
+use state::{Hold, Loss, State, Transition};
+
+/// A failed request for the Lease; each is counted and retried.
+#[derive(Debug, Error)]
+pub enum LeaseError {
+    #[error("grace must be at least 1 s and below the lease duration")]
+    Timing,
+    #[error("{0}")]
+    Manager(#[from] LeaseManagerError),
+    #[error("{0}")]
+    Api(#[from] kube::Error),
+    #[error("no answer in time")]
+    Timeout,
+}
 
 /// How long shutdown waits for the Lease to be released.
 pub const RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,8 +133,11 @@ struct TransitionLabels {
     transition: &'static str,
 }
 
-/// `selfheal_prober_leader`, `selfheal_prober_leader_transitions_total{transition}` and
-/// `selfheal_prober_lease_errors_total`, registered only when leader election is on.
+/// `selfheal_leader`, `selfheal_leader_transitions_total{transition}` and
+/// `selfheal_lease_errors_total`, registered only when leader election is on. For one
+/// release they are exported under their old names too (`selfheal_prober_leader`,
+/// `selfheal_prober_leader_transitions_total`, `selfheal_prober_lease_errors_total`):
+/// the same values, so dashboards and alerts can move at their pace.
 #[derive(Clone, Default)]
 pub struct LeaderMetrics {
     leader: Gauge,
@@ -129,25 +148,34 @@ pub struct LeaderMetrics {
 impl LeaderMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = LeaderMetrics::default();
-        registry.register(
-            "prober_leader",
-            "1 while this replica holds the Lease and exports (watches and probes), else 0 \
-             (a standby)",
-            metrics.leader.clone(),
-        );
-        registry.register(
-            "prober_leader_transitions",
-            "Changes of this replica's leadership: acquired, lost (taken over, or not renewed \
-             in time; the replica then exits), released (at shutdown)",
-            metrics.transitions.clone(),
-        );
-        registry.register(
-            "prober_lease_errors",
-            "Failed requests for the Lease; each is retried with backoff",
-            metrics.errors.clone(),
-        );
+        for (prefix, note) in [
+            ("", ""),
+            ("prober_", " (deprecated name of selfheal_leader*)"),
+        ] {
+            registry.register(
+                format!("{prefix}leader"),
+                format!(
+                    "1 while this replica holds the Lease and exports (watches and probes), \
+                     else 0 (a standby){note}"
+                ),
+                metrics.leader.clone(),
+            );
+            registry.register(
+                format!("{prefix}leader_transitions"),
+                format!(
+                    "Changes of this replica's leadership: acquired, lost (taken over, or not \
+                     renewed in time; the replica then exits), released (at shutdown){note}"
+                ),
+                metrics.transitions.clone(),
+            );
+            registry.register(
+                format!("{prefix}lease_errors"),
+                format!("Failed requests for the Lease; each is retried with backoff{note}"),
+                metrics.errors.clone(),
+            );
+        }
         // Every transition is a series from the start, so increase() sees the first one.
-        for transition in ["acquired", "lost", "released"] {
+        for transition in Transition::LABELS {
             let _ = metrics
                 .transitions
                 .get_or_create(&TransitionLabels { transition });
@@ -155,9 +183,11 @@ impl LeaderMetrics {
         metrics
     }
 
-    fn transition(&self, transition: &'static str) {
+    fn transition(&self, transition: Transition) {
         self.transitions
-            .get_or_create(&TransitionLabels { transition })
+            .get_or_create(&TransitionLabels {
+                transition: transition.as_str(),
+            })
             .inc();
     }
 }
@@ -187,7 +217,7 @@ pub fn start(
         safe_until: None,
         retry_at: None,
         failures: 0,
-        lost: false,
+        state: State::Standby,
     };
     (leadership, tokio::spawn(elector.run(shutdown)))
 }
@@ -214,8 +244,8 @@ struct Elector {
     retry_at: Option<Instant>,
     /// Consecutive failures, for the backoff.
     failures: u32,
-    /// Led, then lost the Lease: the election is over for this replica.
-    lost: bool,
+    /// Standby, leading, or left the election for good (see [`state`]).
+    state: State,
 }
 
 enum Wake {
@@ -267,7 +297,7 @@ impl Elector {
                 self.changed_since = Instant::now();
             }
             let retry_at = self.retry_at;
-            let deadline = self.safe_until.filter(|_| *self.publish.borrow());
+            let deadline = self.safe_until.filter(|_| self.state == State::Leading);
             let changed = &mut self.changed;
             let wake = tokio::select! {
                 biased;
@@ -290,7 +320,7 @@ impl Elector {
                 Wake::Deadline => {}
             }
             self.update_leadership();
-            if self.lost {
+            if self.state == State::Left {
                 break;
             }
         }
@@ -317,7 +347,7 @@ impl Elector {
                 // Start over with a fresh manager: its first look at the Lease tells
                 // whether we still hold it.
                 self.manager = None;
-                self.failed("Lease request failed", &error.to_string());
+                self.failed("Lease request failed", &LeaseError::from(error));
             }
         }
     }
@@ -333,11 +363,11 @@ impl Elector {
         {
             Ok(Ok(lease)) => lease,
             Ok(Err(error)) => {
-                self.count_error("cannot read the Lease", &error.to_string());
+                self.count_error("cannot read the Lease", &LeaseError::from(error));
                 return;
             }
             Err(_) => {
-                self.count_error("cannot read the Lease", "no answer in time");
+                self.count_error("cannot read the Lease", &LeaseError::Timeout);
                 return;
             }
         };
@@ -384,21 +414,20 @@ impl Elector {
         self.manager = None;
     }
 
-    fn failed(&mut self, what: &str, error: &str) {
+    fn failed(&mut self, what: &str, error: &LeaseError) {
         self.count_error(what, error);
         self.changed = None;
         self.failures = self.failures.saturating_add(1);
-        let retry = self.settings.retry_period;
-        let delay = if self.holder {
-            retry
-        } else {
-            let doubled = retry.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
-            doubled.min(self.settings.lease_duration.max(retry))
-        };
+        let delay = state::retry_delay(
+            self.holder,
+            self.failures,
+            self.settings.retry_period,
+            self.settings.lease_duration,
+        );
         self.retry_at = Some(Instant::now() + delay);
     }
 
-    fn count_error(&self, what: &str, error: &str) {
+    fn count_error(&self, what: &str, error: &LeaseError) {
         self.metrics.errors.inc();
         tracing::warn!(
             lease = %format!("{}/{}", self.settings.namespace, self.settings.lease_name),
@@ -406,40 +435,47 @@ impl Elector {
         );
     }
 
-    /// Leader while the manager says we hold the Lease and our hold is confirmed. Losing
-    /// it after leading ends the election (`lost`).
+    /// Leader while the manager says we hold the Lease and our hold is confirmed (see
+    /// [`state::next`]). Losing it after leading ends the election.
     fn update_leadership(&mut self) {
-        let confirmed = self.safe_until.is_some_and(|until| until > Instant::now());
-        let leader = self.holder && confirmed;
-        let was = *self.publish.borrow();
-        if leader == was {
+        let hold = Hold {
+            holder: self.holder,
+            confirmed: self.safe_until.is_some_and(|until| until > Instant::now()),
+        };
+        let (state, transition) = state::next(self.state, hold);
+        self.state = state;
+        let Some(transition) = transition else {
             return;
-        }
-        self.publish.send_replace(leader);
-        self.metrics.leader.set(i64::from(leader));
-        if leader {
-            self.metrics.transition("acquired");
-            tracing::info!(identity = %self.settings.identity, "holding the Lease: leading");
-            return;
-        }
-        self.metrics.transition("lost");
-        if self.holder {
-            tracing::warn!(
+        };
+        let leading = state == State::Leading;
+        self.publish.send_replace(leading);
+        self.metrics.leader.set(i64::from(leading));
+        self.metrics.transition(transition);
+        match transition {
+            Transition::Acquired => {
+                tracing::info!(identity = %self.settings.identity, "holding the Lease: leading");
+            }
+            Transition::Lost(Loss::NotRenewed) => tracing::warn!(
                 "the Lease could not be renewed in time: no longer leading, leaving the election"
-            );
-        } else {
-            tracing::warn!("no longer holding the Lease: no longer leading, leaving the election");
+            ),
+            Transition::Lost(Loss::NotHolder) => {
+                tracing::warn!(
+                    "no longer holding the Lease: no longer leading, leaving the election"
+                );
+            }
+            Transition::Released => {}
         }
-        // Whether the Lease is still ours in the API server or not, it is not ours to
-        // release: its renewal was not confirmed, or another replica holds it.
-        self.holder = false;
-        self.restart_manager();
-        self.lost = true;
+        if let Transition::Lost(_) = transition {
+            // Whether the Lease is still ours in the API server or not, it is not ours to
+            // release: its renewal was not confirmed, or another replica holds it.
+            self.holder = false;
+            self.restart_manager();
+        }
     }
 
     /// Shutdown: stop leading, then free the Lease for another replica (if it holds it).
     async fn release(mut self) {
-        let was_leader = *self.publish.borrow();
+        let was_leader = self.state == State::Leading;
         self.publish.send_replace(false);
         self.metrics.leader.set(0);
         self.changed = None;
@@ -451,34 +487,32 @@ impl Elector {
                 Some(manager) => manager,
                 None => Arc::new(build(self.client.clone(), self.settings.clone()).await?),
             };
-            manager.release().await.map_err(|error| error.to_string())
+            manager.release().await.map_err(LeaseError::from)
         };
         match tokio::time::timeout(RELEASE_TIMEOUT, release).await {
             Ok(Ok(())) => {
                 if was_leader {
-                    self.metrics.transition("released");
+                    self.metrics.transition(Transition::Released);
                 }
                 tracing::info!("released the Lease");
             }
             Ok(Err(error)) => self.count_error("cannot release the Lease", &error),
-            Err(_) => self.count_error("cannot release the Lease", "no answer in time"),
+            Err(_) => self.count_error("cannot release the Lease", &LeaseError::Timeout),
         }
     }
 }
 
 /// A lease manager for the Lease (created if absent: one GET, maybe a POST).
-async fn build(client: Client, settings: LeaderSettings) -> Result<LeaseManager, String> {
-    let params = settings
-        .lease_params()
-        .ok_or("grace must be at least 1 s and below the lease duration")?;
+async fn build(client: Client, settings: LeaderSettings) -> Result<LeaseManager, LeaseError> {
+    let params = settings.lease_params().ok_or(LeaseError::Timing)?;
     let build = LeaseManagerBuilder::new(client, &settings.lease_name)
         .with_namespace(&settings.namespace)
         .with_parameters(params)
         .build();
     match tokio::time::timeout(settings.request_timeout(), build).await {
         Ok(Ok(manager)) => Ok(manager),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(_) => Err("no answer in time".into()),
+        Ok(Err(error)) => Err(error.into()),
+        Err(_) => Err(LeaseError::Timeout),
     }
 }
 
@@ -541,19 +575,22 @@ mod tests {
     }
 
     #[test]
-    fn metrics_start_at_zero() {
+    fn metrics_start_at_zero_under_the_new_and_the_deprecated_names() {
         let mut registry = Registry::with_prefix("selfheal");
-        let _metrics = LeaderMetrics::register(&mut registry);
+        let metrics = LeaderMetrics::register(&mut registry);
+        metrics.transition(Transition::Acquired);
+        metrics.leader.set(1);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-        assert!(text.contains("selfheal_prober_leader 0"), "{text}");
-        assert!(
-            text.contains("selfheal_prober_leader_transitions_total{transition=\"acquired\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("selfheal_prober_lease_errors_total 0"),
-            "{text}"
-        );
+        for prefix in ["selfheal_", "selfheal_prober_"] {
+            assert!(text.contains(&format!("\n{prefix}leader 1\n")), "{text}");
+            for (transition, count) in [("acquired", 1), ("lost", 0), ("released", 0)] {
+                let line = format!(
+                    "{prefix}leader_transitions_total{{transition=\"{transition}\"}} {count}"
+                );
+                assert!(text.contains(&line), "{line}: {text}");
+            }
+            assert!(text.contains(&format!("{prefix}lease_errors_total 0")), "{text}");
+        }
     }
 }
