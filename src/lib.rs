@@ -20,10 +20,10 @@
 //! - [`app`]: the command line and the daemon that wires the pipelines together.
 
 pub mod app;
-pub mod config;
-pub mod correlate;
-pub mod export;
+mod config;
+mod correlate;
+mod export;
 pub mod k8s;
-pub mod leader;
-pub mod observe;
-pub mod probe;
+mod leader;
+mod observe;
+mod probe;

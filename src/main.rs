@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// options are set from a constructor that the loader runs before Rust's runtime starts.
 /// (`MIMALLOC_*` environment variables cannot change these two: a set option wins.)
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // a constructor entry: see the SAFETY note in tune_allocator
 #[used]
 #[unsafe(link_section = ".init_array")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
@@ -29,6 +30,7 @@ extern "C" fn tune_allocator() {
     // Rust bindings do not name.
     const ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
     const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    #[allow(unsafe_code)]
     // SAFETY: setting an option is a plain store in mimalloc's option table, valid at
     // any time, and any value is valid for these two.
     unsafe {

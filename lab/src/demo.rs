@@ -29,9 +29,12 @@ pub const MANIFESTS: &str = include_str!("../manifests/grade-submission.yaml");
 const NAMESPACE: &str = "grade-submission";
 const NODE_PORT: u16 = 31000;
 
+/// The demo's settings, from `selfheal-lab demo`'s flags.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
+    /// Virtual users hitting the grade API.
     pub users: usize,
+    /// How long they run.
     pub duration: Duration,
     /// resources.limits.memory of the grade API, e.g. `48Mi`.
     pub memory_limit: String,
@@ -39,6 +42,7 @@ pub struct DemoConfig {
     pub think: Duration,
     /// Where the daemon serves /metrics.
     pub metrics_listen: SocketAddr,
+    /// Where the lab API server listens.
     pub api_listen: SocketAddr,
     /// The kubelet's first restart back-off (the real kubelet's is 10 s).
     pub backoff_base: Duration,
@@ -402,6 +406,7 @@ impl Daemon {
     fn stop(&mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
             // SAFETY: kill(2) on our own child's pid has no memory-safety implications.
+            #[allow(unsafe_code)]
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
             }
@@ -439,7 +444,7 @@ async fn shutdown_signal() {
 async fn wait_until<F, Fut>(timeout: Duration, mut ready: F) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {

@@ -104,7 +104,9 @@ impl GradeStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Stored>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Number of stored grades.

@@ -87,6 +87,8 @@ struct CheckConfigArgs {
     config: Option<PathBuf>,
 }
 
+/// Parses the command line and runs the subcommand; the exit code says how it went
+/// (see the module docs).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {

@@ -2,9 +2,9 @@
 //! ([`daemon`]), the restart pipeline's loop ([`watch_loop`]) and signal handling
 //! ([`shutdown`]).
 
-pub mod cli;
-pub mod daemon;
-pub mod shutdown;
-pub mod watch_loop;
+mod cli;
+mod daemon;
+mod shutdown;
+mod watch_loop;
 
 pub use cli::main;

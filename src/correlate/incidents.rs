@@ -110,7 +110,8 @@ pub type SharedIncidentLog = Arc<Mutex<IncidentLog>>;
 
 /// Locks the log; a panic elsewhere while holding it leaves data that is still usable.
 pub fn lock(log: &SharedIncidentLog) -> MutexGuard<'_, IncidentLog> {
-    log.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl IncidentLog {

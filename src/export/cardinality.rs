@@ -51,7 +51,10 @@ impl CardinalityGuard {
         self.dropped
             .get_or_create_owned(&FamilyLabels { family })
             .inc();
-        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        let mut warned = self
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if warned.insert(family) {
             tracing::warn!(
                 family,

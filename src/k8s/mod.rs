@@ -2,12 +2,12 @@
 //! watch streams and their backoff, the readiness of those watches, and the plain
 //! Kubernetes concepts the other parts share (workload identity, quantities, shards).
 
-pub mod client;
-pub mod health;
-pub mod names;
-pub mod quantity;
-pub mod sharding;
+pub(crate) mod client;
+pub(crate) mod health;
+pub(crate) mod names;
+pub(crate) mod quantity;
+pub(crate) mod sharding;
 pub mod types;
-pub mod watch;
-pub mod watch_backoff;
-pub mod workload;
+pub(crate) mod watch;
+pub(crate) mod watch_backoff;
+pub(crate) mod workload;

@@ -29,10 +29,6 @@ impl Default for Sharding {
 }
 
 impl Sharding {
-    pub fn is_sharded(&self) -> bool {
-        self.total_shards > 1
-    }
-
     pub fn owns_workload(&self, workload: &Workload) -> bool {
         self.owns_key(&[workload.namespace(), workload.kind(), workload.name()].map(|part| &**part))
     }

@@ -6,187 +6,260 @@
 //! (annotations, managedFields, volumes, …) are skipped without being allocated.
 //! Every field is optional or defaulted, so a malformed or partial object from the
 //! API server is still decoded and the observer decides what to do with the gaps.
+//! Field names and meanings are those of the Kubernetes API (core/v1); the docs here
+//! say what the exporter reads each for.
 
-use std::borrow::Cow;
-
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::api::core::v1::{Event, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
-/// A Pod, reduced to what the observer needs.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// A Pod, reduced to what the observer needs; kube-rs lists and watches it as a Pod.
+#[derive(Clone, Debug, Default, Deserialize, Resource)]
+#[resource(inherit = Pod)]
 pub struct SlimPod {
+    /// Name, namespace, uid, resourceVersion (for kube-rs's watch), labels, owners.
     #[serde(default, deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
+    /// The containers, their memory limits and the restart policy.
     #[serde(default, deserialize_with = "nullable")]
     pub spec: PodSpec,
+    /// The kubelet's view: phase, conditions, container states.
     #[serde(default, deserialize_with = "nullable")]
     pub status: PodStatus,
 }
 
+/// `spec` of a Pod.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
+    /// The app containers.
     #[serde(default, deserialize_with = "nullable")]
     pub containers: Vec<ContainerSpec>,
+    /// The init containers (native sidecars among them).
     #[serde(default, deserialize_with = "nullable")]
     pub init_containers: Vec<ContainerSpec>,
+    /// `Always`, `OnFailure` or `Never`: whether a death is followed by a restart.
     pub restart_policy: Option<String>,
+    /// How long a container may take to stop after SIGTERM.
     pub termination_grace_period_seconds: Option<i64>,
 }
 
+/// One container of a Pod's spec.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ContainerSpec {
+    /// The container's name, the `container` label.
     #[serde(default)]
     pub name: String,
+    /// Its resources; only the memory limit is read.
     #[serde(default, deserialize_with = "nullable")]
     pub resources: Resources,
 }
 
+/// `resources` of a container.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Resources {
+    /// `limits`; only `memory` is read.
     #[serde(default, deserialize_with = "nullable")]
     pub limits: Limits,
 }
 
+/// `resources.limits` of a container.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Limits {
     /// A Kubernetes quantity such as `48Mi`, kept as text until the observer parses it.
     pub memory: Option<String>,
 }
 
+/// `status` of a Pod.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
+    /// `Pending`, `Running`, `Succeeded`, `Failed`: a finished pod restarts nothing.
     pub phase: Option<String>,
+    /// Why the pod is in its phase (`Evicted`, …).
     pub reason: Option<String>,
+    /// `Ready` and its transition time decide when a restart has recovered.
     #[serde(default, deserialize_with = "nullable")]
     pub conditions: Vec<PodCondition>,
+    /// The app containers' states.
     #[serde(default, deserialize_with = "nullable")]
     pub container_statuses: Vec<ContainerStatus>,
+    /// The init containers' states.
     #[serde(default, deserialize_with = "nullable")]
     pub init_container_statuses: Vec<ContainerStatus>,
 }
 
+/// One of a Pod's `status.conditions`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodCondition {
+    /// `Ready`, `ContainersReady`, ….
     #[serde(rename = "type", default)]
     pub type_: String,
+    /// `True`, `False` or `Unknown`.
     #[serde(default)]
     pub status: String,
+    /// When the status last changed (RFC 3339).
     pub last_transition_time: Option<String>,
 }
 
+/// One container's status, as the kubelet reports it.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
+    /// The container's name.
     #[serde(default)]
     pub name: String,
+    /// Its readiness probe passes.
     #[serde(default)]
     pub ready: bool,
+    /// How many times the kubelet restarted it; each step is one restart.
     #[serde(default)]
     pub restart_count: i64,
+    /// The runtime's id of the current container instance.
     #[serde(rename = "containerID")]
     pub container_id: Option<String>,
+    /// What the container is doing now.
     #[serde(default, deserialize_with = "nullable")]
     pub state: ContainerState,
+    /// How the previous instance ended.
     #[serde(default, deserialize_with = "nullable")]
     pub last_state: ContainerState,
 }
 
+/// At most one of running, waiting, terminated.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ContainerState {
+    /// The container runs (its start time is not read).
     pub running: Option<StateRunning>,
+    /// The container waits, e.g. in `CrashLoopBackOff`.
     pub waiting: Option<StateWaiting>,
+    /// The container ended: the death the exporter counts.
     pub terminated: Option<StateTerminated>,
 }
 
+/// `state.running`: its presence is what counts.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateRunning {
-    pub started_at: Option<String>,
-}
+pub struct StateRunning {}
 
+/// `state.waiting`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StateWaiting {
+    /// `CrashLoopBackOff`, `ContainerCreating`, ….
     pub reason: Option<String>,
 }
 
+/// `state.terminated` or `lastState.terminated`.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateTerminated {
+    /// The kubelet's reason: `OOMKilled`, `Error`, `Completed`, ….
     pub reason: Option<String>,
+    /// The process's exit code (128 + signal for a signal).
     #[serde(default)]
     pub exit_code: i32,
+    /// When it ended (RFC 3339).
     pub finished_at: Option<String>,
+    /// The ended instance's id: with `finishedAt`, what makes a death unique.
     #[serde(rename = "containerID")]
     pub container_id: Option<String>,
 }
 
 /// A core/v1 Event, reduced to what restart attribution needs.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Resource)]
+#[resource(inherit = Event)]
 #[serde(rename_all = "camelCase")]
 pub struct SlimEvent {
+    /// Name, namespace, uid and resourceVersion.
     #[serde(default, deserialize_with = "slim_meta")]
     pub metadata: ObjectMeta,
+    /// The pod (and container, in `fieldPath`) the Event is about.
     #[serde(default, deserialize_with = "nullable")]
     pub involved_object: InvolvedObject,
+    /// `Killing` for the kubelet's probe kills.
     pub reason: Option<String>,
+    /// "Container c failed liveness probe, will be restarted", ….
     pub message: Option<String>,
+    /// How often it happened (core/v1 aggregation).
     pub count: Option<i64>,
+    /// When it first happened.
     pub first_timestamp: Option<String>,
+    /// When it last happened.
     pub last_timestamp: Option<String>,
+    /// When it happened (events.k8s.io style writers).
     pub event_time: Option<String>,
+    /// The series of a repeated Event (events.k8s.io style writers).
     #[serde(default, deserialize_with = "nullable")]
     pub series: EventSeries,
 }
 
+/// `involvedObject` of an Event.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InvolvedObject {
+    /// `Pod` for the Events the exporter reads.
     pub kind: Option<String>,
+    /// The pod's name.
     pub name: Option<String>,
+    /// The pod's namespace.
     pub namespace: Option<String>,
+    /// The pod's uid.
     pub uid: Option<String>,
+    /// `spec.containers{name}`: which container.
     pub field_path: Option<String>,
 }
 
+/// `series` of an Event.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventSeries {
+    /// How often it happened.
     pub count: Option<i64>,
+    /// When it last happened.
     pub last_observed_time: Option<String>,
 }
 
 /// A Service, reduced to what probe discovery needs.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, Resource)]
+#[resource(inherit = Service)]
 pub struct SlimService {
+    /// Name, namespace, labels and the `selfheal.io/*` annotations.
     #[serde(default, deserialize_with = "annotated_meta")]
     pub metadata: ObjectMeta,
+    /// Type, addresses, ports and selector.
     #[serde(default, deserialize_with = "nullable")]
     pub spec: ServiceSpec,
 }
 
+/// `spec` of a Service.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceSpec {
+    /// `ClusterIP`, `NodePort`, `LoadBalancer`, ….
     #[serde(rename = "type")]
     pub type_: Option<String>,
+    /// The virtual IP (`None` for a headless Service).
     #[serde(rename = "clusterIP")]
     pub cluster_ip: Option<String>,
+    /// The ports.
     #[serde(default, deserialize_with = "nullable")]
     pub ports: Vec<ServicePort>,
+    /// Which pods the Service fronts.
     #[serde(default, deserialize_with = "nullable")]
     pub selector: std::collections::BTreeMap<String, String>,
 }
 
+/// One port of a Service.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
+    /// Its name, matched by the `selfheal.io/probe-port` annotation.
     pub name: Option<String>,
+    /// The Service port.
     #[serde(default)]
     pub port: i32,
+    /// The node port, for `service_address = "node_port"`.
     pub node_port: Option<i32>,
 }
 
@@ -206,9 +279,8 @@ struct SlimMeta {
     name: Option<String>,
     namespace: Option<String>,
     uid: Option<String>,
+    /// Read by kube-rs's watcher (through `Resource::meta`) to resume the watch.
     resource_version: Option<String>,
-    creation_timestamp: Option<Time>,
-    deletion_timestamp: Option<Time>,
     #[serde(default, deserialize_with = "nullable")]
     labels: std::collections::BTreeMap<String, String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -239,8 +311,6 @@ fn into_object_meta(slim: SlimMeta) -> ObjectMeta {
         namespace: slim.namespace,
         uid: slim.uid,
         resource_version: slim.resource_version,
-        creation_timestamp: slim.creation_timestamp,
-        deletion_timestamp: slim.deletion_timestamp,
         labels: (!slim.labels.is_empty()).then_some(slim.labels),
         owner_references: (!slim.owner_references.is_empty()).then(|| {
             slim.owner_references
@@ -274,39 +344,6 @@ fn annotated_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMe
     meta.annotations = (!annotated.annotations.is_empty()).then_some(annotated.annotations);
     Ok(meta)
 }
-
-/// Implements `kube::Resource` for a slim core/v1 type, so kube-rs can list and watch it.
-macro_rules! core_v1_resource {
-    ($type:ty, $kind:literal, $plural:literal) => {
-        impl Resource for $type {
-            type DynamicType = ();
-            type Scope = k8s_openapi::NamespaceResourceScope;
-
-            fn kind(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($kind)
-            }
-            fn group(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed("")
-            }
-            fn version(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed("v1")
-            }
-            fn plural(_: &()) -> Cow<'_, str> {
-                Cow::Borrowed($plural)
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.metadata
-            }
-        }
-    };
-}
-
-core_v1_resource!(SlimPod, "Pod", "pods");
-core_v1_resource!(SlimEvent, "Event", "events");
-core_v1_resource!(SlimService, "Service", "services");
 
 #[cfg(test)]
 mod tests {

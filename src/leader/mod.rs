@@ -590,7 +590,10 @@ mod tests {
                 );
                 assert!(text.contains(&line), "{line}: {text}");
             }
-            assert!(text.contains(&format!("{prefix}lease_errors_total 0")), "{text}");
+            assert!(
+                text.contains(&format!("{prefix}lease_errors_total 0")),
+                "{text}"
+            );
         }
     }
 }

@@ -354,6 +354,7 @@ impl Observer {
     }
 
     /// True once every stream's first full list has been applied.
+    #[cfg(test)]
     pub fn is_synced(&self) -> bool {
         self.streams.iter().all(|stream| stream.synced)
     }
@@ -366,6 +367,7 @@ impl Observer {
         self.containers
     }
 
+    #[cfg(test)]
     pub fn workload_count(&self) -> usize {
         self.workloads.len()
     }

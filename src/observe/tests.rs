@@ -73,7 +73,7 @@ fn running(restarts: i64, ready: bool, last: Option<StateTerminated>) -> Contain
         restart_count: restarts,
         container_id: Some(format!("containerd://run-{restarts}")),
         state: ContainerState {
-            running: Some(StateRunning { started_at: ts(0) }),
+            running: Some(StateRunning {}),
             ..ContainerState::default()
         },
         last_state: ContainerState {

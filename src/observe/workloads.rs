@@ -92,6 +92,7 @@ impl WorkloadBook {
         });
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.workloads.len()
     }

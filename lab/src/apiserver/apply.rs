@@ -128,7 +128,7 @@ fn merge_config(target: &mut Value, config: &Value) {
             for (key, value) in c {
                 match t.get_mut(key) {
                     Some(existing) if existing.is_object() && value.is_object() => {
-                        merge_config(existing, value)
+                        merge_config(existing, value);
                     }
                     _ => {
                         t.insert(key.clone(), value.clone());
@@ -563,7 +563,7 @@ pub fn validate_field_manager(manager: &str) -> ApiResult<()> {
             ),
         ));
     }
-    if manager.chars().any(|c| c.is_control()) {
+    if manager.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "PatchOptions.meta.k8s.io",
             "",

@@ -20,7 +20,9 @@ fn usable(a: u32) -> bool {
 
 /// Takes the lowest free address at or above `start` (`None` if 127/8 is exhausted).
 pub fn allocate(start: Ipv4Addr) -> Option<Ipv4Addr> {
-    let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut used = IN_USE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let end = u32::from(Ipv4Addr::new(127, 255, 255, 254));
     let mut a = u32::from(start).max(u32::from(DEFAULT_START));
     while a <= end {
@@ -35,7 +37,9 @@ pub fn allocate(start: Ipv4Addr) -> Option<Ipv4Addr> {
 
 /// Gives `ip` back.
 pub fn release(ip: Ipv4Addr) {
-    let mut used = IN_USE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut used = IN_USE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     used.remove(&u32::from(ip));
 }
 

@@ -309,7 +309,7 @@ async fn run(
                     }
                 }
                 Some(Ok(watcher::Event::Apply(obj))) => {
-                    apply(&shared, &mut workers, &mut stopping, &obj, &mut abort_all.0)
+                    apply(&shared, &mut workers, &mut stopping, &obj, &mut abort_all.0);
                 }
                 Some(Ok(watcher::Event::Delete(obj))) => {
                     if let Some(uid) = &obj.metadata.uid {

@@ -14,6 +14,7 @@ use super::cgroup::{self, Cgroup};
 pub fn signal_pid(pid: i32, sig: i32) {
     if pid > 1 {
         // SAFETY: kill(2) has no memory-safety preconditions.
+        #[allow(unsafe_code)]
         unsafe {
             libc::kill(pid, sig);
         }
@@ -26,7 +27,9 @@ pub fn signal_group(pgid: i32, sig: i32) -> bool {
         return false;
     }
     // SAFETY: killpg(2) has no memory-safety preconditions.
-    unsafe { libc::killpg(pgid, sig) == 0 }
+    #[allow(unsafe_code)]
+    let sent = unsafe { libc::killpg(pgid, sig) == 0 };
+    sent
 }
 
 /// Exit code as a container runtime reports it: the code, or 128 + signal.
@@ -99,6 +102,7 @@ pub fn spawn<T: Send + 'static>(
     if let Some(procs) = procs {
         // SAFETY: the closure only calls write(2) on an already open file (no allocation,
         // no locks), which is async-signal-safe between fork and exec.
+        #[allow(unsafe_code)]
         unsafe {
             cmd.pre_exec(move || cgroup::join_self(&procs));
         }

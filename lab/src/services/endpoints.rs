@@ -108,7 +108,7 @@ pub fn desired(service: &Service, pods: &[Arc<Pod>]) -> Option<ServiceEndpoints>
 
     let mut members: Vec<&Pod> = pods
         .iter()
-        .map(|p| p.as_ref())
+        .map(AsRef::as_ref)
         .filter(|p| p.metadata.namespace.as_deref().unwrap_or_default() == namespace)
         .filter(|p| selects(selector, p) && !is_finished(p) && pod_ipv4(p).is_some())
         .collect();

@@ -94,7 +94,10 @@ impl ServiceController {
 
     /// Node ports the proxy listens on right now.
     pub fn node_ports(&self) -> Vec<u16> {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.ports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits (up to `timeout`) until the proxy listens on `port`.
@@ -237,11 +240,16 @@ async fn run(
         }
         if dirty && pods_synced && services_synced && slices_synced {
             ctl.reconcile().await;
-            *ports.lock().unwrap_or_else(|e| e.into_inner()) = ctl.proxy.ports();
+            *ports
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = ctl.proxy.ports();
         }
     }
     ctl.proxy.shutdown();
-    ports.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    ports
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clear();
 }
 
 impl Controller {
@@ -330,7 +338,7 @@ impl Controller {
                 Ok(_) => tracing::debug!(namespace = %ns, %name, "endpointslice deleted"),
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => {
-                    tracing::warn!(namespace = %ns, %name, error = %e, "cannot delete endpointslice; retrying")
+                    tracing::warn!(namespace = %ns, %name, error = %e, "cannot delete endpointslice; retrying");
                 }
             }
             self.written.remove(&key);

@@ -35,7 +35,10 @@ pub struct Backends {
 impl Backends {
     /// Replaces the backend list.
     pub fn set(&self, addrs: Vec<SocketAddr>) {
-        let mut guard = self.addrs.write().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self
+            .addrs
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if **guard != addrs {
             *guard = Arc::new(addrs);
         }
@@ -43,7 +46,10 @@ impl Backends {
 
     /// Current backends.
     pub fn get(&self) -> Arc<Vec<SocketAddr>> {
-        self.addrs.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.addrs
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The next backend, round-robin; `None` when none is ready.
