@@ -136,7 +136,13 @@ impl ContainerTracker {
             });
         }
         if self.deaths.len() == 2 {
-            self.deaths.remove(0);
+            // A death leaving the ring while it still waits for a Killing Event decides
+            // its cause now, as the kubelet reported it, and releases what it held: a
+            // container that restarts faster than the attribution wait loses nothing.
+            let mut oldest = self.deaths.remove(0);
+            if oldest.undecided_until.take().is_some() {
+                release_held(&mut oldest, &self.name, ctx, sink);
+            }
         }
         // At most two are kept: do not let the first push reserve room for four.
         self.deaths.reserve_exact(1);
@@ -298,22 +304,7 @@ impl ContainerTracker {
             }
             decided = true;
             death.undecided_until = None;
-            if death.held_restarts > 0 {
-                sink.out.push(Observation::Restarted {
-                    workload: ctx.workload.clone(),
-                    container: name.clone(),
-                    cause: death.cause,
-                    count: std::mem::take(&mut death.held_restarts),
-                });
-            }
-            if let Some(seconds) = death.held_recovery_seconds.take() {
-                sink.out.push(Observation::Recovered {
-                    workload: ctx.workload.clone(),
-                    container: name.clone(),
-                    cause: death.cause,
-                    seconds,
-                });
-            }
+            release_held(death, &name, ctx, sink);
         }
         decided
     }
@@ -328,6 +319,26 @@ impl ContainerTracker {
 
     fn find_death(&self, key: u64) -> Option<&Death> {
         self.deaths.iter().find(|death| death.key == key)
+    }
+}
+
+/// Emits the restarts and the recovery a decided death held back, with its cause.
+fn release_held(death: &mut Death, container: &Arc<str>, ctx: &PodContext, sink: &mut Sink) {
+    if death.held_restarts > 0 {
+        sink.out.push(Observation::Restarted {
+            workload: ctx.workload.clone(),
+            container: container.clone(),
+            cause: death.cause,
+            count: std::mem::take(&mut death.held_restarts),
+        });
+    }
+    if let Some(seconds) = death.held_recovery_seconds.take() {
+        sink.out.push(Observation::Recovered {
+            workload: ctx.workload.clone(),
+            container: container.clone(),
+            cause: death.cause,
+            seconds,
+        });
     }
 }
 

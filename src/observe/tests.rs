@@ -712,3 +712,34 @@ fn a_recovery_seen_live_is_timed_by_the_daemons_clock() {
     h.apply(&pod, 104);
     assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 4.0)]);
 }
+
+#[test]
+fn restarts_faster_than_the_attribution_wait_are_never_lost() {
+    // Error, OOMKilled, Error within one attribution wait (5 s): each new death pushes
+    // the oldest out of the two-death ring while it still waits for a Killing Event.
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let e1 = death("Error", 1, "c0", 100);
+    let oom = death("OOMKilled", 137, "c1", 101);
+    let e2 = death("Error", 1, "c2", 102);
+    h.apply(
+        &with(mk_pod("p", "u"), running(1, true, Some(e1.clone()))),
+        100,
+    );
+    h.apply(&with(mk_pod("p", "u"), running(2, true, Some(oom))), 101);
+    h.apply(&with(mk_pod("p", "u"), running(3, true, Some(e2))), 102);
+    let mut counted = restarts(&h.take());
+    h.tick(200);
+    counted.extend(restarts(&h.take()));
+    counted.sort_by_key(|(cause, _)| cause.as_str());
+    assert_eq!(
+        counted,
+        vec![(Cause::Error, 1), (Cause::Error, 1), (Cause::OOMKilled, 1)],
+        "every restartCount step is counted once, with the kubelet's reason"
+    );
+    // The recovery held on the first death was released with it.
+    h.apply(&with(mk_pod("p", "u"), running(3, true, Some(e1))), 201);
+    assert!(
+        restarts(&h.take()).is_empty(),
+        "an old death seen again is not news"
+    );
+}
