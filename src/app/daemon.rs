@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::shutdown;
+use crate::app::supervise::{Ended, Supervisor};
 use crate::app::watch_loop::WatchLoop;
 use crate::config::Settings;
 use crate::correlate::incidents::{IncidentLog, SharedIncidentLog};
@@ -30,7 +31,6 @@ use kube::Client;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 /// The whole shutdown must finish well inside Kubernetes' default 30 s grace period;
 /// we promise 5 s.
@@ -161,7 +161,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
     // (no watches, no probes, ready) until it holds the Lease, then starts exactly as a
     // replica without leader election does; on losing the Lease it stops and exits
     // non-zero, so that Kubernetes restarts it as a fresh standby.
-    let mut exporting = Vec::new();
+    let mut exporting = Supervisor::default();
     let (mut leadership, election) = match (leader_election, leader_metrics) {
         (Some(settings), Some(metrics)) => {
             let (leadership, election) =
@@ -173,7 +173,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         }
         _ => {
             if let Some(exporter) = exporter.take() {
-                exporting = exporter.start(None, stopped.clone());
+                exporter.start(&mut exporting, None, stopped.clone());
             }
             (None, None)
         }
@@ -194,13 +194,14 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
                 tracing::error!("HTTP server stopped unexpectedly: {result:?}");
                 return ExitCode::FAILURE;
             }
+            ended = exporting.ended(), if !exporting.is_empty() => break Ending::TaskEnded(ended),
             leading = leadership_changed(&mut leadership) => match (leading, exporter.take()) {
                 (Some(true), Some(standby)) => {
                     tracing::info!(
                         "holding the Lease: starting the watches and the prober (the first pod \
                          list is the baseline)"
                     );
-                    exporting = standby.start(leadership.clone(), stopped.clone());
+                    standby.start(&mut exporting, leadership.clone(), stopped.clone());
                 }
                 (Some(true), None) => {}
                 // Still standing by.
@@ -218,13 +219,15 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
              once without releasing it, then exiting with code 1 so that Kubernetes restarts \
              this container as a standby"
         ),
+        Ending::TaskEnded(ref ended) => tracing::error!(
+            "{ended} before shutdown: the metrics would freeze; draining, then exiting with \
+             code 1 so that Kubernetes restarts this container"
+        ),
     }
     health.begin_shutdown();
     let _ = stop.send(true);
     let drained = tokio::time::timeout(SHUTDOWN_BUDGET, async {
-        for task in exporting {
-            let _ = task.await;
-        }
+        exporting.drain().await;
         if let Some(election) = election {
             let _ = election.await;
         }
@@ -236,16 +239,17 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
     tracing::info!("stopped");
     match ending {
         Ending::Signal(_) => ExitCode::SUCCESS,
-        Ending::LostLease => ExitCode::FAILURE,
+        Ending::LostLease | Ending::TaskEnded(_) => ExitCode::FAILURE,
     }
 }
 
 /// Why the daemon stops.
-#[derive(Clone, Copy)]
 enum Ending {
     Signal(&'static str),
     /// Leader election: the Lease was lost while running.
     LostLease,
+    /// A long-running task ended (or panicked) before shutdown.
+    TaskEnded(Ended),
 }
 
 /// The next leadership value; `None` when the election has ended. Never resolves
@@ -282,17 +286,19 @@ struct Exporter {
 }
 
 impl Exporter {
-    /// Starts everything; the watches register for readiness at once, so /readyz is 503
-    /// until they have listed. Returns the tasks to await at shutdown. With
-    /// `leadership`, the prober also stops probing the moment it turns false.
+    /// Starts everything under `supervisor`; the watches register for readiness at once,
+    /// so /readyz is 503 until they have listed. With `leadership`, the prober also stops
+    /// probing the moment it turns false.
     fn start(
         self,
+        supervisor: &mut Supervisor,
         leadership: Option<watch::Receiver<bool>>,
         stopped: watch::Receiver<bool>,
-    ) -> Vec<JoinHandle<()>> {
+    ) {
         let (target_changes, changes) = tokio::sync::mpsc::channel(256);
         if let Some((address, node_address)) = self.discovery {
-            tokio::spawn(
+            supervisor.spawn(
+                "Service discovery",
                 ServiceWatch {
                     client: self.client,
                     scope: self.scope.clone(),
@@ -312,8 +318,9 @@ impl Exporter {
             Some(leadership) => self.prober.with_leadership(leadership),
             None => self.prober,
         };
-        let probes = tokio::spawn(prober.run(changes, stopped.clone()));
-        let watches = tokio::spawn(
+        supervisor.spawn("prober", prober.run(changes, stopped.clone()));
+        supervisor.spawn(
+            "watch loop",
             WatchLoop {
                 kube_config: self.kube_config,
                 scope: self.scope,
@@ -325,7 +332,6 @@ impl Exporter {
             }
             .start(stopped),
         );
-        vec![watches, probes]
     }
 }
 

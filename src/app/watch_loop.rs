@@ -75,11 +75,13 @@ impl WatchLoop {
             match spawned {
                 Ok(_) => {
                     if finished.await.is_err() {
-                        // Only a panic drops the sender unsent (the panic itself is on stderr).
-                        tracing::error!("the watch thread died; restart the exporter");
+                        // Only a panic drops the sender unsent (the panic itself is on
+                        // stderr). Returning hands it to the supervisor, which stops the
+                        // daemon with exit code 1.
+                        tracing::error!("the watch thread died");
                     }
                 }
-                // The watches never start: /readyz stays 503, which says so.
+                // The watches never start; the supervisor stops the daemon.
                 Err(error) => tracing::error!(%error, "cannot start the watch thread"),
             }
         }
