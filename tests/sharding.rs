@@ -108,11 +108,11 @@ async fn two_shards_report_exactly_what_one_replica_reports() {
             1,
             "{workload} must live in exactly one shard"
         );
-        assert_eq!(
-            restart_series(&shard_scrapes[holders[0]], &workload),
-            whole_values,
-            "{workload}"
-        );
+        let shard_values = restart_series(&shard_scrapes[holders[0]], &workload);
+        if shard_values != whole_values {
+            eprintln!("shard {} log:\n{}", holders[0], shards[holders[0]].log());
+        }
+        assert_eq!(shard_values, whole_values, "{workload}");
         owned[holders[0]] += 1;
     }
     assert!(
