@@ -103,6 +103,10 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         }
     };
     let health = Health::default();
+    // Unready until the watches below have registered: the HTTP server starts first and
+    // must not answer /readyz 200 in between (a replica taken as synced before its first
+    // pod list would count later restarts as its baseline; tests/sharding.rs caught it).
+    let mut starting = health.register_watch();
     let scope = Scope::from_config(&config.watch);
     let observer = Observer::new(
         ObserverConfig {
@@ -178,6 +182,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
             (None, None)
         }
     };
+    starting.mark_synced();
 
     let signal = shutdown::first_signal();
     tokio::pin!(signal);
@@ -309,7 +314,7 @@ impl Exporter {
                     watch_metrics: self.watch_metrics.clone(),
                     health: self.health.clone(),
                 }
-                .run(stopped.clone()),
+                .start(stopped.clone()),
             );
         } else {
             drop(target_changes);

@@ -38,15 +38,23 @@ struct Known {
 }
 
 impl ServiceWatch {
-    pub async fn run(self, mut shutdown: signal::Receiver<bool>) {
+    /// Registers the Service watches for readiness at once (so /readyz waits for their
+    /// first list from the moment this is called) and returns the watch, which runs until
+    /// `shutdown` turns true.
+    pub fn start(self, shutdown: signal::Receiver<bool>) -> impl Future<Output = ()> + Send {
+        let readiness: Vec<WatchReadiness> = (0..self.scope.namespaces.len())
+            .map(|_| self.health.register_watch())
+            .collect();
+        self.run(readiness, shutdown)
+    }
+
+    async fn run(self, mut readiness: Vec<WatchReadiness>, mut shutdown: signal::Receiver<bool>) {
         let mut config = watcher::Config::default();
         if let Some(fields) = &self.scope.field_selector {
             config = config.fields(fields);
         }
         let mut services = watch_all::<SlimService>(&self.client, &self.scope, &config);
         let streams = self.scope.namespaces.len();
-        let mut readiness: Vec<WatchReadiness> =
-            (0..streams).map(|_| self.health.register_watch()).collect();
         let mut epochs = vec![0u64; streams];
         let mut known: HashMap<Arc<str>, Known> = HashMap::new();
         loop {
