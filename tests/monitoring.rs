@@ -729,7 +729,7 @@ impl Lab {
                 s.sum("selfheal_watch_errors_total", &[]) >= 1.0
             })
             .await;
-        let death = death("ContainerStatusUnknown", 137, "portal-0", now_s());
+        let death = death("PreemptedByTheMoon", 137, "portal-0", now_s());
         self.cluster
             .set_status(PORTAL, terminated(0, death.clone(), None));
         self.cluster

@@ -164,6 +164,8 @@ pub struct StateTerminated {
     /// The ended instance's id: with `finishedAt`, what makes a death unique.
     #[serde(rename = "containerID")]
     pub container_id: Option<String>,
+    /// The runtime's message: tells an OOM kill during start within a `StartError`.
+    pub message: Option<String>,
 }
 
 /// A core/v1 Event, reduced to what restart attribution needs.

@@ -1,5 +1,9 @@
 //! Why a container died: the closed set of causes exported in the `reason` label.
 
+/// The kubelet's reason for a container that disappeared from the runtime (the pod was
+/// evicted or deleted, the node restarted): nobody saw it die.
+pub const VANISHED: &str = "ContainerStatusUnknown";
+
 /// The cause of a container death or restart. A closed set, so that dashboards and
 /// alerts can rely on it: any kubelet reason not listed here maps to `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,6 +34,23 @@ impl Cause {
         }
     }
 
+    /// The cause of a termination, by the kubelet's reason and, for a `StartError`, the
+    /// runtime's message: runc reports an OOM kill during container start as
+    /// `StartError` with "container init was OOM-killed (memory limit too low?)", and that
+    /// is an OOM kill. Never by exit code: `OOMKilled` may come with exit code 0 (the
+    /// kernel killed a child, the main process exited cleanly), and an `Error`/137 is any
+    /// SIGKILL (an OOM kill whose runtime event was lost cannot be told from another).
+    /// `None` means the reason is not one we know; the caller maps it to `Unknown` and
+    /// reports it.
+    pub fn of_termination(reason: &str, message: Option<&str>) -> Option<Cause> {
+        if reason == "StartError"
+            && message.is_some_and(|message| message.to_ascii_lowercase().contains("oom-killed"))
+        {
+            return Some(Cause::OOMKilled);
+        }
+        Cause::from_kubelet_reason(reason)
+    }
+
     /// Maps a kubelet termination reason. `None` means the reason is not one we know;
     /// the caller maps it to `Unknown` and reports it.
     pub fn from_kubelet_reason(reason: &str) -> Option<Cause> {
@@ -40,6 +61,9 @@ impl Cause {
             "ContainerCannotRun" => Cause::ContainerCannotRun,
             "StartError" => Cause::StartError,
             "DeadlineExceeded" => Cause::DeadlineExceeded,
+            // The kubelet lost the container (it vanished from the runtime): a known
+            // reason, whose cause is not known.
+            VANISHED => Cause::Unknown,
             _ => return None,
         })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use super::cause::Cause;
+use super::cause::{Cause, VANISHED};
 use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
 use crate::k8s::types::{ContainerStatus, StateTerminated};
 
@@ -30,6 +30,8 @@ struct Death {
     undecided_until: Option<Timestamp>,
     held_restarts: u64,
     held_recovery_seconds: Option<f64>,
+    /// `ContainerStatusUnknown` in an evicted pod: part of the eviction, not counted.
+    evicted: bool,
 }
 
 #[derive(Debug)]
@@ -82,10 +84,28 @@ impl ContainerTracker {
             return;
         }
         let finished_at = sink.parse_time(terminated.finished_at.as_deref());
+        if ctx.evicted && terminated.reason.as_deref() == Some(VANISHED) {
+            // The eviction took the container away: remembered, so that the restart the
+            // kubelet adds for it is recognised, and counted as nothing.
+            self.remember(
+                Death {
+                    key,
+                    finished_at,
+                    cause: Cause::Unknown,
+                    undecided_until: None,
+                    held_restarts: 0,
+                    held_recovery_seconds: None,
+                    evicted: true,
+                },
+                ctx,
+                sink,
+            );
+            return;
+        }
         if terminated.container_id.is_none() && finished_at.is_none() {
             sink.anomaly(Anomaly::MissingField);
         }
-        let cause = sink.cause_of(terminated.reason.as_deref());
+        let cause = sink.cause_of(terminated.reason.as_deref(), terminated.message.as_deref());
         let mut death = Death {
             key,
             finished_at,
@@ -93,6 +113,7 @@ impl ContainerTracker {
             undecided_until: None,
             held_restarts: 0,
             held_recovery_seconds: None,
+            evicted: false,
         };
         if cause.may_be_probe_kill() {
             let finished = finished_at.unwrap_or(ctx.now);
@@ -135,6 +156,11 @@ impl ContainerTracker {
                 exit_code: terminated.exit_code,
             });
         }
+        self.remember(death, ctx, sink);
+    }
+
+    /// Keeps `death` as the most recent of the two remembered.
+    fn remember(&mut self, death: Death, ctx: &PodContext, sink: &mut Sink) {
         if self.deaths.len() == 2 {
             // A death leaving the ring while it still waits for a Killing Event decides
             // its cause now, as the kubelet reported it, and releases what it held: a
@@ -174,7 +200,9 @@ impl ContainerTracker {
             .and_then(|key| find_death_mut(&mut self.deaths, key));
         if let Some(death) = caused_by {
             unexplained -= 1;
-            if death.undecided_until.is_some() {
+            if death.evicted {
+                // The kubelet's +1 for a container the eviction took away: no restart.
+            } else if death.undecided_until.is_some() {
                 death.held_restarts += 1;
             } else {
                 sink.out.push(Observation::Restarted {

@@ -202,6 +202,9 @@ pub struct PodContext<'a> {
     ready_since: Option<&'a str>,
     /// The pod's labels, when the pod object is at hand (for incident records).
     labels: Option<&'a BTreeMap<String, String>>,
+    /// The pod was evicted (phase Failed, reason Evicted): its containers' vanishing is
+    /// the eviction, counted once for the pod, not deaths or restarts of their own.
+    evicted: bool,
     now: Timestamp,
     news: bool,
 }
@@ -260,9 +263,9 @@ impl Sink<'_> {
         }
     }
 
-    fn cause_of(&mut self, reason: Option<&str>) -> Cause {
+    fn cause_of(&mut self, reason: Option<&str>, message: Option<&str>) -> Cause {
         let reason = reason.unwrap_or("");
-        if let Some(cause) = Cause::from_kubelet_reason(reason) {
+        if let Some(cause) = Cause::of_termination(reason, message) {
             return cause;
         }
         self.anomaly(Anomaly::UnknownReason);
@@ -300,6 +303,7 @@ impl PodState {
             grace: self.grace,
             ready_since: None,
             labels: None,
+            evicted: self.evicted,
             now,
             news,
         }

@@ -63,6 +63,7 @@ fn death(reason: &str, exit_code: i32, instance: &str, at: i64) -> StateTerminat
         exit_code,
         finished_at: ts(at),
         container_id: Some(format!("containerd://{instance}")),
+        message: None,
     }
 }
 
@@ -473,7 +474,7 @@ fn a_later_event_occurrence_attributes_the_next_kill() {
 fn an_unknown_reason_is_unknown_and_counted() {
     let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
     h.take();
-    let d = death("ContainerStatusUnknown", 137, "c0", 100);
+    let d = death("PreemptedByTheMoon", 137, "c0", 100);
     h.apply(&with(mk_pod("p", "u"), terminated(0, d, None)), 100);
     let out = h.take();
     assert_eq!(deaths(&out), vec![(Cause::Unknown, 137)]);
@@ -742,4 +743,78 @@ fn restarts_faster_than_the_attribution_wait_are_never_lost() {
         restarts(&h.take()).is_empty(),
         "an old death seen again is not news"
     );
+}
+
+#[test]
+fn an_evicted_pod_counts_the_eviction_not_a_restart_and_no_death_twice() {
+    // What the kubelet writes for a pod evicted under node memory pressure: the running
+    // container vanished, so it shows ContainerStatusUnknown/137 in both state and
+    // lastState, with no container ID or times, and restartCount 1 though nothing
+    // restarted.
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let unknown = StateTerminated {
+        reason: Some("ContainerStatusUnknown".into()),
+        exit_code: 137,
+        finished_at: None,
+        container_id: None,
+        message: Some("The container could not be located when the pod was terminated".into()),
+    };
+    let mut evicted = with(
+        mk_pod("p", "u"),
+        terminated(1, unknown.clone(), Some(unknown)),
+    );
+    evicted.status.phase = Some("Failed".into());
+    evicted.status.reason = Some("Evicted".into());
+    h.apply(&evicted, 10);
+    h.apply(&evicted, 11);
+    let out = h.take();
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Observation::Evicted { .. }))
+            .count(),
+        1
+    );
+    assert!(restarts(&out).is_empty(), "{:?}", restarts(&out));
+    assert!(deaths(&out).is_empty(), "{:?}", deaths(&out));
+}
+
+#[test]
+fn an_oom_kill_during_container_start_is_an_oomkill() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let mut at_start = death("StartError", 128, "c0", 100);
+    at_start.message = Some("container init was OOM-killed (memory limit too low?)".into());
+    h.apply(&with(mk_pod("p", "u"), crashloop(1, at_start)), 101);
+    let out = h.take();
+    assert_eq!(deaths(&out), vec![(Cause::OOMKilled, 128)]);
+    assert_eq!(restarts(&out), vec![(Cause::OOMKilled, 1)]);
+
+    // Any other StartError stays one.
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let mut bad_exec = death("StartError", 128, "c0", 100);
+    bad_exec.message = Some("exec: \"/app\": permission denied".into());
+    h.apply(&with(mk_pod("p", "u"), crashloop(1, bad_exec)), 101);
+    assert_eq!(restarts(&h.take()), vec![(Cause::StartError, 1)]);
+}
+
+#[test]
+fn causes_come_from_the_reason_never_from_the_exit_code() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    // OOMKilled with exit code 0 (the kernel killed a child, the main process exited 0).
+    h.apply(
+        &with(
+            mk_pod("p", "u"),
+            crashloop(1, death("OOMKilled", 0, "c0", 100)),
+        ),
+        101,
+    );
+    assert_eq!(deaths(&h.take()), vec![(Cause::OOMKilled, 0)]);
+    // Error/137: a SIGKILL the runtime did not report as an OOM kill stays Error.
+    h.apply(
+        &with(
+            mk_pod("p", "u"),
+            crashloop(2, death("Error", 137, "c1", 200)),
+        ),
+        201,
+    );
+    assert_eq!(deaths(&h.take()), vec![(Cause::Error, 137)]);
 }
