@@ -126,6 +126,11 @@ pub struct ContainerStatus {
     /// How the previous instance ended.
     #[serde(default, deserialize_with = "nullable")]
     pub last_state: ContainerState,
+    /// The resources in force (in-place resize, GA in 1.35): while a resize is pending
+    /// or after it, the memory limit the container really runs under, which may differ
+    /// from the spec's.
+    #[serde(default, deserialize_with = "nullable")]
+    pub resources: Resources,
 }
 
 /// At most one of running, waiting, terminated.

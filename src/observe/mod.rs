@@ -473,7 +473,17 @@ impl Observer {
         let mut sink = self.shared.sink(out);
         let specs = pod.spec.init_containers.iter().chain(&pod.spec.containers);
         for spec in specs.filter(|spec| !spec.name.is_empty()) {
-            let limit = spec.resources.limits.memory.as_deref().and_then(|text| {
+            // The limit in force: the status's (in-place resize) when the kubelet reports
+            // it, else the spec's.
+            let in_force = pod
+                .status
+                .container_statuses
+                .iter()
+                .chain(&pod.status.init_container_statuses)
+                .find(|status| status.name == spec.name)
+                .and_then(|status| status.resources.limits.memory.as_deref())
+                .or(spec.resources.limits.memory.as_deref());
+            let limit = in_force.and_then(|text| {
                 quantity::parse_bytes(text)
                     .map_err(|_| sink.anomaly(Anomaly::MalformedQuantity))
                     .ok()

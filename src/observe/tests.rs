@@ -81,6 +81,7 @@ fn running(restarts: i64, ready: bool, last: Option<StateTerminated>) -> Contain
             terminated: last,
             ..ContainerState::default()
         },
+        resources: Default::default(),
     }
 }
 
@@ -102,6 +103,7 @@ fn terminated(
             terminated: last,
             ..ContainerState::default()
         },
+        resources: Default::default(),
     }
 }
 
@@ -121,6 +123,7 @@ fn crashloop(restarts: i64, last: StateTerminated) -> ContainerStatus {
             terminated: Some(last),
             ..ContainerState::default()
         },
+        resources: Default::default(),
     }
 }
 
@@ -817,4 +820,54 @@ fn causes_come_from_the_reason_never_from_the_exit_code() {
         201,
     );
     assert_eq!(deaths(&h.take()), vec![(Cause::Error, 137)]);
+}
+
+#[test]
+fn an_in_place_resize_reports_the_limit_in_force_and_the_kill_records_it() {
+    // The spec asks for 96Mi, the kubelet has not actuated it yet: the container still
+    // runs, and dies, under 48Mi (status.containerStatuses[].resources).
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.take();
+    let mut pending = with(
+        mk_pod("p", "u"),
+        running(1, true, Some(death("OOMKilled", 137, "c0", 100))),
+    );
+    pending.spec.containers[0].resources.limits.memory = Some("96Mi".into());
+    pending.status.container_statuses[0].resources.limits.memory = Some("48Mi".into());
+    h.apply(&pending, 101);
+    h.apply(&pending, 102);
+    let out = h.take();
+    let seen: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Observation::ContainerSeen {
+                memory_limit_bytes, ..
+            } => *memory_limit_bytes,
+            _ => None,
+        })
+        .collect();
+    assert!(seen.is_empty(), "48Mi in force, as before: {seen:?}");
+    let recorded: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Incident(IncidentUpdate::Death(record)) => record.memory_limit_bytes,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recorded, vec![48 * 1024 * 1024]);
+
+    // Once actuated, the status says 96Mi: that is the new limit.
+    pending.status.container_statuses[0].resources.limits.memory = Some("96Mi".into());
+    h.apply(&pending, 103);
+    let seen: Vec<_> = h
+        .take()
+        .into_iter()
+        .filter_map(|o| match o {
+            Observation::ContainerSeen {
+                memory_limit_bytes, ..
+            } => memory_limit_bytes,
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seen, vec![96 * 1024 * 1024]);
 }
