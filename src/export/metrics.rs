@@ -18,7 +18,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::export::cardinality::{CardinalityGuard, GuardedFamily};
 use crate::k8s::workload::Workload;
-use crate::observe::{Anomaly, Cause, Observation};
+use crate::observe::{Anomaly, Cause, Disruption, Observation};
 
 // The label sets below hold the interned workload itself rather than copies of its three
 // names: hashing one starts from the workload's precomputed fingerprint (see
@@ -44,6 +44,26 @@ pub struct ReasonLabels {
     pub workload: Arc<Workload>,
     pub container: Arc<str>,
     pub reason: Cause,
+}
+
+/// `{namespace, workload_kind, workload, reason}` of a disruption.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisruptionLabels {
+    pub workload: Arc<Workload>,
+    pub reason: Disruption,
+}
+
+impl Hash for DisruptionLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(label_set_hash(&self.workload, self.reason));
+    }
+}
+
+impl EncodeLabelSet for DisruptionLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        encode_workload(&self.workload, encoder)?;
+        ("reason", self.reason.as_str()).encode(encoder.encode_label())
+    }
 }
 
 /// `{namespace, workload_kind, workload, pod, container}`
@@ -186,6 +206,7 @@ pub struct Metrics {
     crashlooping: GuardedFamily<PodContainerLabels, Gauge>,
     unavailable: GuardedFamily<WorkloadLabels, Counter<f64, AtomicU64>>,
     evictions: GuardedFamily<WorkloadLabels, Counter>,
+    disruptions: GuardedFamily<DisruptionLabels, Counter>,
     observed_containers: Gauge,
     anomalies: Family<AnomalyLabels, Counter>,
     series: foldhash::HashMap<Arc<Workload>, WorkloadSeries>,
@@ -211,6 +232,7 @@ impl Metrics {
             crashlooping: GuardedFamily::new("selfheal_container_crashlooping", guard),
             unavailable: GuardedFamily::new("selfheal_workload_unavailable_seconds", guard),
             evictions: GuardedFamily::new("selfheal_pod_evictions", guard),
+            disruptions: GuardedFamily::new("selfheal_pod_disruptions", guard),
             observed_containers: Gauge::default(),
             anomalies: Family::default(),
             series: foldhash::HashMap::default(),
@@ -257,6 +279,13 @@ impl Metrics {
             "pod_evictions",
             "Pods of the workload evicted by the kubelet (status.reason Evicted)",
             metrics.evictions.family().clone(),
+        );
+        registry.register(
+            "pod_disruptions",
+            "Pods of the workload that Kubernetes took away on purpose, by the reason of \
+             their DisruptionTarget condition (preemption, taint, Eviction API, pod GC, \
+             kubelet); not crashes",
+            metrics.disruptions.family().clone(),
         );
         registry.register(
             "observed_containers",
@@ -360,6 +389,14 @@ impl Metrics {
                 let labels = self.workload_labels(workload);
                 self.evictions.get_or_create_owned(&labels).inc();
             }
+            Observation::Disrupted { workload, reason } => {
+                self.series.entry(workload.clone()).or_default();
+                let labels = DisruptionLabels {
+                    workload: workload.clone(),
+                    reason: *reason,
+                };
+                self.disruptions.get_or_create_owned(&labels).inc();
+            }
             Observation::Unavailable { workload, seconds } => {
                 let labels = self.workload_labels(workload);
                 self.unavailable
@@ -430,6 +467,12 @@ impl Metrics {
         let labels = workload_labels(workload);
         self.unavailable.remove(&labels);
         self.evictions.remove(&labels);
+        for reason in Disruption::ALL {
+            self.disruptions.remove(&DisruptionLabels {
+                workload: workload.clone(),
+                reason,
+            });
+        }
     }
 }
 
@@ -521,7 +564,14 @@ mod tests {
             workload: w.clone(),
             seconds: 2.5,
         });
+        metrics.record(&Observation::Disrupted {
+            workload: w.clone(),
+            reason: Disruption::EvictionApi,
+        });
         let text = render(&registry);
+        assert!(text.contains(
+            r#"selfheal_pod_disruptions_total{namespace="grade-submission",workload_kind="Pod",workload="grade-submission-api",reason="EvictionByEvictionAPI"} 1"#
+        ), "{text}");
         assert!(text.contains(&format!("selfheal_container_oom_kills_total{{{labels}}} 1")));
         assert!(text.contains(&format!(
             "selfheal_container_last_termination_exit_code{{{labels}}} 137"

@@ -102,6 +102,8 @@ pub struct PodCondition {
     pub status: String,
     /// When the status last changed (RFC 3339).
     pub last_transition_time: Option<String>,
+    /// Why: for `DisruptionTarget`, what is taking the pod away.
+    pub reason: Option<String>,
 }
 
 /// One container's status, as the kubelet reports it.

@@ -91,3 +91,58 @@ impl ProbeKill {
         }
     }
 }
+
+/// Why Kubernetes took a pod away on purpose, from its `DisruptionTarget` condition
+/// (KEP-3329): planned disruptions, counted apart from crashes and OOM kills so that
+/// alerts and error budgets can leave them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Disruption {
+    /// `PreemptionByScheduler`: a higher-priority pod needed the room.
+    Preemption,
+    /// `DeletionByTaintManager`: a NoExecute taint the pod does not tolerate.
+    TaintManager,
+    /// `EvictionByEvictionAPI`: a drain or another Eviction API client.
+    EvictionApi,
+    /// `DeletionByPodGC`: the pod's node is gone.
+    PodGc,
+    /// `TerminationByKubelet`: node-pressure eviction or graceful node shutdown.
+    Kubelet,
+    /// A reason this version does not know.
+    Other,
+}
+
+impl Disruption {
+    /// Every disruption, for removing a workload's series.
+    pub const ALL: [Disruption; 6] = [
+        Disruption::Preemption,
+        Disruption::TaintManager,
+        Disruption::EvictionApi,
+        Disruption::PodGc,
+        Disruption::Kubelet,
+        Disruption::Other,
+    ];
+
+    /// From the condition's reason.
+    pub fn from_reason(reason: &str) -> Disruption {
+        match reason {
+            "PreemptionByScheduler" => Disruption::Preemption,
+            "DeletionByTaintManager" => Disruption::TaintManager,
+            "EvictionByEvictionAPI" => Disruption::EvictionApi,
+            "DeletionByPodGC" => Disruption::PodGc,
+            "TerminationByKubelet" => Disruption::Kubelet,
+            _ => Disruption::Other,
+        }
+    }
+
+    /// The `reason` label value: the condition's reason as Kubernetes writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Disruption::Preemption => "PreemptionByScheduler",
+            Disruption::TaintManager => "DeletionByTaintManager",
+            Disruption::EvictionApi => "EvictionByEvictionAPI",
+            Disruption::PodGc => "DeletionByPodGC",
+            Disruption::Kubelet => "TerminationByKubelet",
+            Disruption::Other => "Other",
+        }
+    }
+}

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
-pub use cause::{Cause, ProbeKill};
+pub use cause::{Cause, Disruption, ProbeKill};
 
 use crate::k8s::quantity;
 use crate::k8s::sharding::Sharding;
@@ -89,6 +89,12 @@ pub enum Observation {
     },
     Evicted {
         workload: Arc<Workload>,
+    },
+    /// The pod got a `DisruptionTarget` condition: Kubernetes is taking it away on
+    /// purpose (once per pod).
+    Disrupted {
+        workload: Arc<Workload>,
+        reason: Disruption,
     },
     /// The workload had no ready pod for `seconds` more.
     Unavailable {
@@ -287,6 +293,7 @@ struct PodState {
     workload: Arc<Workload>,
     ready: bool,
     evicted: bool,
+    disrupted: bool,
     grace: SignedDuration,
     /// The watch stream that delivers this pod, and the relist it was last seen in.
     stream: usize,
@@ -445,6 +452,7 @@ impl Observer {
                         workload,
                         ready,
                         evicted: false,
+                        disrupted: false,
                         grace: DEFAULT_GRACE,
                         stream,
                         epoch,
@@ -497,6 +505,21 @@ impl Observer {
             if news {
                 sink.out.push(Observation::Evicted {
                     workload: state.workload.clone(),
+                });
+            }
+        }
+        let disruption =
+            pod.status.conditions.iter().find(|condition| {
+                condition.type_ == "DisruptionTarget" && condition.status == "True"
+            });
+        if let Some(condition) = disruption
+            && !state.disrupted
+        {
+            state.disrupted = true;
+            if news {
+                sink.out.push(Observation::Disrupted {
+                    workload: state.workload.clone(),
+                    reason: Disruption::from_reason(condition.reason.as_deref().unwrap_or("")),
                 });
             }
         }

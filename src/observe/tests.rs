@@ -53,6 +53,7 @@ fn with(mut pod: SlimPod, status: ContainerStatus) -> SlimPod {
         type_: "Ready".into(),
         status: if ready { "True" } else { "False" }.into(),
         last_transition_time: None,
+        reason: None,
     }];
     pod
 }
@@ -870,4 +871,45 @@ fn an_in_place_resize_reports_the_limit_in_force_and_the_kill_records_it() {
         })
         .collect();
     assert_eq!(seen, vec![96 * 1024 * 1024]);
+}
+
+#[test]
+fn a_disruption_target_condition_counts_one_disruption_by_reason_and_no_crash() {
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    h.take();
+    let mut preempted = with(mk_pod("p", "u"), running(0, true, None));
+    preempted.status.conditions.push(PodCondition {
+        type_: "DisruptionTarget".into(),
+        status: "True".into(),
+        last_transition_time: ts(10),
+        reason: Some("PreemptionByScheduler".into()),
+    });
+    h.apply(&preempted, 10);
+    // The container ends as the pod is taken away; nothing restarts.
+    preempted.status.container_statuses[0] = terminated(0, death("Error", 143, "c0", 11), None);
+    h.apply(&preempted, 11);
+    let out = h.take();
+    let disrupted: Vec<_> = out
+        .iter()
+        .filter_map(|o| match o {
+            Observation::Disrupted { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(disrupted, vec![Disruption::Preemption]);
+    assert!(restarts(&out).is_empty());
+
+    // In the baseline, a condition already there is not news.
+    let mut h = Harness::synced_with(&[preempted]);
+    assert!(
+        !h.take()
+            .iter()
+            .any(|o| matches!(o, Observation::Disrupted { .. }))
+    );
+    assert_eq!(Disruption::from_reason("SomethingNew"), Disruption::Other);
+    for disruption in Disruption::ALL {
+        if disruption != Disruption::Other {
+            assert_eq!(Disruption::from_reason(disruption.as_str()), disruption);
+        }
+    }
 }
