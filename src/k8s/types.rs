@@ -47,6 +47,7 @@ pub struct PodSpec {
 
 /// One container of a Pod's spec.
 #[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerSpec {
     /// The container's name, the `container` label.
     #[serde(default)]
@@ -54,6 +55,52 @@ pub struct ContainerSpec {
     /// Its resources; only the memory limit is read.
     #[serde(default, deserialize_with = "nullable")]
     pub resources: Resources,
+    /// Container restart rules (KEP-5307, on by default since 1.35): on which exit codes
+    /// the kubelet restarts this container whatever the pod's restart policy says.
+    #[serde(default, deserialize_with = "nullable")]
+    pub restart_policy_rules: Vec<RestartRule>,
+}
+
+/// One of a container's `restartPolicyRules`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartRule {
+    /// `Restart` (the only action in 1.35/1.36).
+    pub action: Option<String>,
+    /// Which exit codes the rule matches.
+    #[serde(default, deserialize_with = "nullable")]
+    pub exit_codes: ExitCodes,
+}
+
+/// `exitCodes` of a restart rule.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct ExitCodes {
+    /// `In` or `NotIn`.
+    pub operator: Option<String>,
+    /// The exit codes.
+    #[serde(default, deserialize_with = "nullable")]
+    pub values: Vec<i32>,
+}
+
+impl RestartRule {
+    /// Whether the rule matches `exit_code`; an unknown operator matches nothing.
+    pub fn matches(&self, exit_code: i32) -> bool {
+        let listed = self.exit_codes.values.contains(&exit_code);
+        match self.exit_codes.operator.as_deref() {
+            Some("In") => listed,
+            Some("NotIn") => !listed,
+            _ => false,
+        }
+    }
+}
+
+/// Whether the container's own rules restart it after `exit_code`: the first rule that
+/// matches decides, as the kubelet evaluates them.
+pub fn rules_restart(rules: &[RestartRule], exit_code: i32) -> bool {
+    rules
+        .iter()
+        .find(|rule| rule.matches(exit_code))
+        .is_some_and(|rule| rule.action.as_deref() == Some("Restart"))
 }
 
 /// `resources` of a container.

@@ -16,6 +16,9 @@ pub enum Cause {
     ContainerCannotRun,
     StartError,
     DeadlineExceeded,
+    /// The container exited with a code its own `restartPolicyRules` restart on: a
+    /// restart the workload asked for, not a crash.
+    RestartRule,
     Unknown,
 }
 
@@ -30,6 +33,7 @@ impl Cause {
             Cause::ContainerCannotRun => "ContainerCannotRun",
             Cause::StartError => "StartError",
             Cause::DeadlineExceeded => "DeadlineExceeded",
+            Cause::RestartRule => "RestartRule",
             Cause::Unknown => "Unknown",
         }
     }
@@ -72,7 +76,10 @@ impl Cause {
     /// signal's exit code, or `Completed` when the process handled SIGTERM), so only
     /// these causes may turn out to be probe kills once the kubelet's Event is seen.
     pub fn may_be_probe_kill(self) -> bool {
-        matches!(self, Cause::Error | Cause::Completed | Cause::Unknown)
+        matches!(
+            self,
+            Cause::Error | Cause::Completed | Cause::Unknown | Cause::RestartRule
+        )
     }
 }
 

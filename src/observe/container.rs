@@ -14,7 +14,7 @@ use jiff::Timestamp;
 
 use super::cause::{Cause, VANISHED};
 use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
-use crate::k8s::types::{ContainerStatus, StateTerminated};
+use crate::k8s::types::{ContainerStatus, RestartRule, StateTerminated, rules_restart};
 
 /// Readiness seen later than this after the kubelet's Ready transition was seen late.
 const LATE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
@@ -39,6 +39,8 @@ pub struct ContainerTracker {
     pub name: Arc<str>,
     /// resources.limits.memory in force, in bytes.
     pub memory_limit: Option<u64>,
+    /// The container's `restartPolicyRules` (empty for nearly every container).
+    pub restart_rules: Vec<RestartRule>,
     restart_count: i64,
     /// The two most recent deaths: the kubelet shows at most two (state and lastState).
     /// A Vec, empty and unallocated for the many containers that never die.
@@ -53,6 +55,7 @@ impl ContainerTracker {
         ContainerTracker {
             name,
             memory_limit,
+            restart_rules: Vec::new(),
             restart_count: 0,
             deaths: Vec::new(),
             awaiting_recovery: false,
@@ -105,7 +108,12 @@ impl ContainerTracker {
         if terminated.container_id.is_none() && finished_at.is_none() {
             sink.anomaly(Anomaly::MissingField);
         }
-        let cause = sink.cause_of(terminated.reason.as_deref(), terminated.message.as_deref());
+        let mut cause = sink.cause_of(terminated.reason.as_deref(), terminated.message.as_deref());
+        if matches!(cause, Cause::Error | Cause::Completed)
+            && rules_restart(&self.restart_rules, terminated.exit_code)
+        {
+            cause = Cause::RestartRule;
+        }
         let mut death = Death {
             key,
             finished_at,

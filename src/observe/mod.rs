@@ -497,6 +497,11 @@ impl Observer {
                     .ok()
             });
             self.containers += see_container(state, &spec.name, limit, &mut sink);
+            if let Some(tracker) = state.tracker(&spec.name)
+                && tracker.restart_rules != spec.restart_policy_rules
+            {
+                tracker.restart_rules.clone_from(&spec.restart_policy_rules);
+            }
         }
         let evicted = pod.status.phase.as_deref() == Some("Failed")
             && pod.status.reason.as_deref() == Some("Evicted");

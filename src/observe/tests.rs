@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::k8s::types::{
-    ContainerSpec, ContainerState, ContainerStatus, InvolvedObject, PodCondition, StateRunning,
-    StateTerminated, StateWaiting,
+    ContainerSpec, ContainerState, ContainerStatus, ExitCodes, InvolvedObject, PodCondition,
+    RestartRule, StateRunning, StateTerminated, StateWaiting,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
@@ -912,4 +912,57 @@ fn a_disruption_target_condition_counts_one_disruption_by_reason_and_no_crash() 
             assert_eq!(Disruption::from_reason(disruption.as_str()), disruption);
         }
     }
+}
+
+#[test]
+fn a_restart_its_own_rules_asked_for_is_not_a_crash() {
+    // restartPolicy Never, but restart the container when it exits 42 (KEP-5307).
+    let mut pod = mk_pod("p", "u");
+    pod.spec.restart_policy = Some("Never".into());
+    pod.spec.containers[0].restart_policy_rules = vec![RestartRule {
+        action: Some("Restart".into()),
+        exit_codes: ExitCodes {
+            operator: Some("In".into()),
+            values: vec![42],
+        },
+    }];
+    let mut h = Harness::synced_with(&[with(pod.clone(), running(0, true, None))]);
+    h.apply(
+        &with(
+            pod.clone(),
+            running(1, true, Some(death("Error", 42, "c0", 100))),
+        ),
+        101,
+    );
+    h.tick(200);
+    assert_eq!(restarts(&h.take()), vec![(Cause::RestartRule, 1)]);
+    // Another exit code is a crash as usual.
+    h.apply(
+        &with(
+            pod.clone(),
+            running(2, true, Some(death("Error", 1, "c1", 300))),
+        ),
+        301,
+    );
+    h.tick(400);
+    assert_eq!(restarts(&h.take()), vec![(Cause::Error, 1)]);
+    // A liveness kill stays a liveness kill even where a rule would restart.
+    pod.spec.containers[0].restart_policy_rules[0].exit_codes = ExitCodes {
+        operator: Some("NotIn".into()),
+        values: vec![0],
+    };
+    h.apply(
+        &with(
+            pod.clone(),
+            running(2, true, Some(death("Error", 1, "c1", 300))),
+        ),
+        401,
+    );
+    h.event(&liveness_kill("u", "e1", 1, 499), 500);
+    h.apply(
+        &with(pod, running(3, true, Some(death("Error", 137, "c2", 500)))),
+        501,
+    );
+    h.tick(600);
+    assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
 }
