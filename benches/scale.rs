@@ -95,10 +95,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_exporter::kube_types::SlimPod;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, Store};
-use selfheal_lab::bench_support::daemon::{Daemon, Launch};
-use selfheal_lab::bench_support::exposition::{Exposition, count_series, http_get};
-use selfheal_lab::bench_support::fleet::{Fleet, NAMESPACE_NAMES};
-use selfheal_lab::bench_support::procfs::{
+use selfheal_lab::testkit::daemon::{Daemon, Launch};
+use selfheal_lab::testkit::exposition::{Exposition, count_series, http_get};
+use selfheal_lab::testkit::fleet::{Fleet, NAMESPACE_NAMES};
+use selfheal_lab::testkit::procfs::{
     RssSampler, clock_ticks_per_second, cpu_seconds, read_status, thread_cpu_seconds,
 };
 use serde::Deserialize;
