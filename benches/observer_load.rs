@@ -54,9 +54,7 @@ use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES};
 use selfheal_lab::testkit::daemon::{Daemon, Launch};
 use selfheal_lab::testkit::exposition::{Exposition, http_get};
 use selfheal_lab::testkit::fleet::{Fleet, NAMESPACE_NAMES};
-use selfheal_lab::testkit::procfs::{
-    RssSampler, clock_ticks_per_second, cpu_seconds, read_status,
-};
+use selfheal_lab::testkit::procfs::{RssSampler, clock_ticks_per_second, cpu_seconds, read_status};
 use serde_json::json;
 
 const MIB: f64 = 1024.0 * 1024.0;
