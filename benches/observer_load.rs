@@ -51,12 +51,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, NAMESPACES};
-use selfheal_lab::bench_support::daemon::{Daemon, Launch};
-use selfheal_lab::bench_support::exposition::{Exposition, http_get};
-use selfheal_lab::bench_support::fleet::{Fleet, NAMESPACE_NAMES};
-use selfheal_lab::bench_support::procfs::{
-    RssSampler, clock_ticks_per_second, cpu_seconds, read_status,
-};
+use selfheal_lab::testkit::daemon::{Daemon, Launch};
+use selfheal_lab::testkit::exposition::{Exposition, http_get};
+use selfheal_lab::testkit::fleet::{Fleet, NAMESPACE_NAMES};
+use selfheal_lab::testkit::procfs::{RssSampler, clock_ticks_per_second, cpu_seconds, read_status};
 use serde_json::json;
 
 const MIB: f64 = 1024.0 * 1024.0;

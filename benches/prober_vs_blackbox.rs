@@ -60,9 +60,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig};
-use selfheal_lab::bench_support::daemon::{self, free_port};
-use selfheal_lab::bench_support::exposition::{Exposition, http_get};
-use selfheal_lab::bench_support::procfs::{clock_ticks_per_second, cpu_seconds};
+use selfheal_lab::testkit::daemon::{self, free_port};
+use selfheal_lab::testkit::exposition::{Exposition, http_get};
+use selfheal_lab::testkit::procfs::{clock_ticks_per_second, cpu_seconds};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

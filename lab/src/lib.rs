@@ -49,15 +49,15 @@
 //! The experiment's other pieces: [`grade_api`] (the memory-hungry grade API a
 //! pod runs), [`load`] (virtual users that record the outage windows clients
 //! see) and [`services`] (EndpointSlices and a NodePort proxy to ready pods).
-//! [`bench_support`] holds what the root crate's benches (and, for the exposition
-//! parser and the daemon's command line, its tests) share: the `/proc` readers, the RSS
-//! sampler, the realistic pod fleet, the Prometheus text parser and the daemon process.
+//! [`testkit`] is the test kit: what the root crate's benches and tests share, and
+//! nothing the lab itself runs on: the `/proc` readers, the RSS sampler, the realistic
+//! pod fleet, the Prometheus text parser and the daemon process.
 
 pub mod apiserver;
-pub mod bench_support;
 pub mod demo;
 pub mod grade_api;
 pub mod http_get;
 pub mod kubelet;
 pub mod load;
 pub mod services;
+pub mod testkit;

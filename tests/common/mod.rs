@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, EVENTS, NAMESPACES, PODS};
-use selfheal_lab::bench_support::daemon;
-use selfheal_lab::bench_support::exposition::Exposition;
+use selfheal_lab::testkit::daemon;
+use selfheal_lab::testkit::exposition::Exposition;
 use serde_json::{Value, json};
 
 pub const NS: &str = "grade-submission";

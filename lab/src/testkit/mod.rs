@@ -1,0 +1,15 @@
+//! The test kit: helpers for the root crate's benches (`benches/*`, each its own crate
+//! with `harness = false`) and tests, never used by the lab's own programs: the `/proc`
+//! readers and RSS sampler ([`procfs`]), the realistic pod fleet they write into the lab
+//! ([`fleet`]), the Prometheus text-format parser and loopback GET they read the daemon's
+//! `/metrics` with ([`exposition`]), and the daemon process itself: its command line
+//! without the caller's `SELFHEAL_*` variables, and a wrapper that waits for `/readyz`,
+//! signals it and stops it ([`daemon`]). The root crate's tests use the parser and the
+//! command line too. One copy here instead of one per bench; public, so that each bench
+//! uses only what it needs without dead-code warnings (a file pulled into every bench
+//! with `mod` would warn for whatever one bench leaves unused).
+
+pub mod daemon;
+pub mod exposition;
+pub mod fleet;
+pub mod procfs;
