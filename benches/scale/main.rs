@@ -187,7 +187,7 @@ async fn run(settings: &Settings) -> Result<bool> {
             .collect::<Vec<_>>()
             .join(","),
         env!("CARGO_BIN_EXE_selfheal-exporter"),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     if settings.wants("sync10k") {
         fleet_phase(settings, FleetSize::Small, clk_tck, &mut goals).await?;

@@ -44,12 +44,15 @@ impl Proxy {
                     let handles = Proxy::pipe(client, server, received.clone(), held.clone());
                     tasks
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .extend(handles);
                 }
             })
         };
-        tasks.lock().unwrap_or_else(|e| e.into_inner()).push(accept);
+        tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(accept);
         Ok(Proxy {
             port,
             received,
@@ -144,7 +147,7 @@ impl Drop for Proxy {
         for task in self
             .tasks
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .drain(..)
         {
             task.abort();

@@ -131,7 +131,9 @@ impl Prometheus {
                     if let Ok((200, body)) = http_get(port, "/metrics", HTTP_TIMEOUT).await {
                         let millis = started.elapsed().as_secs_f64() * 1000.0;
                         let series = count_series(&body);
-                        let mut log = shared.lock().unwrap_or_else(|e| e.into_inner());
+                        let mut log = shared
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         log.merge(ScrapeLog {
                             count: 1,
                             slowest_ms: millis,
@@ -149,7 +151,10 @@ impl Prometheus {
         if let Some(task) = self.task {
             task.abort();
         }
-        *self.log.lock().unwrap_or_else(|e| e.into_inner())
+        *self
+            .log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

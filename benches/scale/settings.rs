@@ -45,7 +45,7 @@ impl Settings {
             );
         }
         let phases = if phases.contains("all") {
-            ALL_PHASES.iter().map(|phase| phase.to_string()).collect()
+            ALL_PHASES.iter().map(ToString::to_string).collect()
         } else {
             phases
         };

@@ -252,7 +252,7 @@ async fn endpointslice_follows_pod_readiness() {
     eventually(
         "slice recreated",
         async || slice_endpoints(&lab),
-        std::option::Option::is_some,
+        Option::is_some,
     )
     .await;
 
@@ -262,7 +262,7 @@ async fn endpointslice_follows_pod_readiness() {
     eventually(
         "slice deleted",
         async || slice_endpoints(&lab),
-        std::option::Option::is_none,
+        Option::is_none,
     )
     .await;
 

@@ -109,10 +109,7 @@ mod tests {
         ContainerSpec {
             name: "c".into(),
             image: image.into(),
-            command: command
-                .iter()
-                .map(std::string::ToString::to_string)
-                .collect(),
+            command: command.iter().map(ToString::to_string).collect(),
             args: vec![],
             env: vec![],
             ports: vec![],
