@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use jiff::SignedDuration;
+use selfheal_lab::testkit::tools::PROMTOOL;
 
 const API: &[(&str, &str)] = &[
     ("namespace", NS),
@@ -125,36 +126,31 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
 /// `/metrics` is valid Prometheus text (promtool is silent on it) and OpenMetrics on request.
 async fn check_exposition_formats(daemon: &Daemon) {
     let (_, text) = daemon.get("/metrics", None).await.expect("metrics");
-    match std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    {
-        Ok(mut child) => {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(text.as_bytes())
-                .expect("write to promtool");
-            let output = child.wait_with_output().expect("promtool runs");
-            let said = format!(
-                "{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            assert!(
-                output.status.success() && said.trim().is_empty(),
-                "promtool: {said}\n{text}"
-            );
-        }
-        Err(_) if std::env::var_os("CI").is_none() => {
-            eprintln!("promtool not installed: skipping `promtool check metrics` (CI installs it)");
-        }
-        Err(error) => panic!("promtool must be installed in CI: {error}"),
+    if PROMTOOL.require("check the exposition with `promtool check metrics`") {
+        use std::io::Write;
+        let mut child = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write to promtool");
+        let output = child.wait_with_output().expect("promtool runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "promtool: {said}\n{text}"
+        );
     }
     let (status, open) = daemon
         .get(

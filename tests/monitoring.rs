@@ -2,8 +2,9 @@
 //! (`grafana/dashboards/`), checked with promtool and against a real Prometheus that scrapes
 //! the daemon while the experiment's scenario plays on the lab API server.
 //!
-//! promtool and prometheus (Debian's `prometheus` package) are required when `CI` is set;
-//! elsewhere the tests that need them say so and skip.
+//! promtool and prometheus (Debian's `prometheus` package, which `scripts/test` installs)
+//! are required: a test fails without them, naming the install command, unless
+//! `SELFHEAL_SKIP_MISSING_TOOLS=1` asks it to skip (and be listed).
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use jiff::SignedDuration;
+use selfheal_lab::testkit::tools::{PROMETHEUS, PROMTOOL};
 use serde_json::{Value, json};
 
 const POD: &str = "grade-submission-api";
@@ -42,26 +44,6 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The installed `name` (promtool, prometheus): `None` with a note when it is missing
-/// outside CI; a failure when it is missing in CI.
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
-    match found {
-        Some(path) => Some(path),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{name} must be installed in CI (Debian package `prometheus`)")
-        }
-        None => {
-            eprintln!("{name} not installed: skipping this test (CI installs it)");
-            None
-        }
-    }
-}
-
 fn run(command: &mut Command) -> (bool, String) {
     let output = command.output().expect("tool runs");
     let said = format!(
@@ -78,7 +60,7 @@ fn run(command: &mut Command) -> (bool, String) {
 
 #[test]
 fn alert_rules_pass_promtool_check() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = PROMTOOL.require_path("check the alert rules") else {
         return;
     };
     let (ok, said) = run(Command::new(promtool)
@@ -93,7 +75,7 @@ fn alert_rules_pass_promtool_check() {
 
 #[test]
 fn alert_rules_pass_their_promtool_unit_tests() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = PROMTOOL.require_path("run the alert rules' unit tests") else {
         return;
     };
     let started = Instant::now();
@@ -160,7 +142,7 @@ fn with_threshold(mut file: Value, record: &str, expr: &str) -> Value {
 
 #[test]
 fn thresholds_are_overridden_in_one_place_and_their_removal_is_caught() {
-    let Some(promtool) = tool("promtool") else {
+    let Some(promtool) = PROMTOOL.require_path("check the threshold overrides") else {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -650,9 +632,9 @@ struct Lab {
 }
 
 impl Lab {
-    /// `None` (after a note) when prometheus is not installed outside CI.
+    /// `None` only when prometheus is missing and skipping was asked for.
     async fn start(rules: Option<&str>) -> Option<Lab> {
-        let binary = tool("prometheus")?;
+        let binary = PROMETHEUS.require_path("scrape the daemon and evaluate the rules")?;
         let started = Instant::now();
         let cluster = Cluster::start().await;
         let labels = json!({"app.kubernetes.io/name": "grade-submission",

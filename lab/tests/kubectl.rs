@@ -1,17 +1,11 @@
-//! kubectl against the lab API server (skipped with a note if kubectl is missing).
+//! kubectl against the lab API server (fails without kubectl, unless
+//! `SELFHEAL_SKIP_MISSING_TOOLS=1` asks it to skip: `selfheal_lab::testkit::tools`).
 
 use std::process::Command;
 
 use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, PODS};
+use selfheal_lab::testkit::tools::KUBECTL;
 use serde_json::json;
-
-fn kubectl_available() -> bool {
-    Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl")
@@ -29,8 +23,7 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_smoke() {
-    if !kubectl_available() {
-        eprintln!("NOTE: kubectl not installed; skipping kubectl smoke test");
+    if !KUBECTL.require("talk to the lab API server as a user would") {
         return;
     }
     let lab = ApiServer::start(ApiServerConfig::default()).await.unwrap();

@@ -1,10 +1,8 @@
-//! Files of the repository, external commands bounded by a timeout, and the tools they need.
+//! Files of the repository, and external commands bounded by a timeout.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Bound on every external command.
@@ -20,10 +18,6 @@ pub(crate) fn path(relative: &str) -> PathBuf {
 
 pub(crate) fn read(relative: &str) -> String {
     std::fs::read_to_string(path(relative)).unwrap_or_else(|error| panic!("{relative}: {error}"))
-}
-
-fn in_ci() -> bool {
-    std::env::var_os("CI").is_some()
 }
 
 pub(crate) struct Ran {
@@ -74,33 +68,6 @@ pub(crate) fn run(mut command: Command) -> Ran {
         stdout: stdout.join().expect("stdout reader"),
         stderr: stderr.join().expect("stderr reader"),
     }
-}
-
-/// Whether `program` is installed (runs with `probe` arguments). Missing: a panic in CI,
-/// where `.ci/run` installs it, else `false` and a note (the caller skips).
-pub(crate) fn tool(program: &str, probe: &[&str], purpose: &str) -> bool {
-    static SEEN: Mutex<BTreeMap<String, bool>> = Mutex::new(BTreeMap::new());
-    let installed = *SEEN
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .entry(program.to_owned())
-        .or_insert_with(|| {
-            Command::new(program)
-                .args(probe)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|status| status.success())
-        });
-    if !installed {
-        assert!(
-            !in_ci(),
-            "{program} must be installed in CI (see .ci/run and deploy/README.md): needed to {purpose}"
-        );
-        eprintln!("SKIPPED: {program} is not installed here (CI installs it), so not: {purpose}");
-    }
-    installed
 }
 
 pub(crate) fn write_temp(dir: &tempfile::TempDir, file: &str, content: &str) -> PathBuf {

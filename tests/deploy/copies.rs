@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use selfheal_lab::testkit::tools::PROMTOOL;
 use serde_json::Value;
 
-use crate::command::{path, read, run, tool, write_temp};
+use crate::command::{path, read, run, write_temp};
 use crate::render::{
     HELM_VALUES, KUBERNETES_VERSIONS, OPERATOR, chart, helm, helm_installed, kustomization,
     render_from,
@@ -184,7 +185,7 @@ pub(crate) fn with_threshold(groups: &Value, threshold: &str, expr: &str) -> Val
 
 /// `promtool check rules` on the groups of a rendered PrometheusRule.
 fn promtool_check(groups: &Value, what: &str) {
-    if !tool("promtool", &["--version"], "check the rendered alert rules") {
+    if !PROMTOOL.require("check the rendered alert rules") {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -3,9 +3,11 @@
 //!
 //! Rendering uses `kubectl kustomize` and `helm template`; schema validation uses PyPI's
 //! `kubernetes-validate` (offline: it ships the Kubernetes OpenAPI schemas); the rendered
-//! PrometheusRules go through `promtool check rules`. Each tool is required in CI (`CI`
-//! set; `.ci/run` installs them) and skipped with a note elsewhere. Nothing here touches
-//! the network: every command works on local files, bounded by a timeout.
+//! PrometheusRules go through `promtool check rules`. `scripts/test` installs them; a
+//! test whose tool is missing fails, naming it and its install command, or, with
+//! `SELFHEAL_SKIP_MISSING_TOOLS=1`, skips and is listed (`selfheal_lab::testkit::tools`).
+//! Nothing here touches the network: every command works on local files, bounded by a
+//! timeout.
 //!
 //! The chart and the overlay cannot read files outside their own directory, so they ship
 //! copies of `deploy/rules/selfheal-rules.yaml` and `grafana/dashboards/*.json`. These

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 
+use selfheal_lab::testkit::tools::{HELM, KUBECTL};
 use serde_json::Value;
 
-use crate::command::{Ran, path, run, tool};
+use crate::command::{Ran, path, run};
 use crate::copies::refresh_copies_if_asked;
 use crate::yaml::{id, kind, name, namespace, yaml_documents};
 
@@ -148,7 +149,8 @@ fn helm_template(values: Option<&str>) -> Render {
     render_from(what, helm(&args))
 }
 
-// The renders, made once per test binary; `None` when the tool is missing outside CI.
+// The renders, made once per test binary; `None` only when the tool is missing and
+// skipping was asked for (`SELFHEAL_SKIP_MISSING_TOOLS`).
 
 /// The Kustomize directories under test: the base, then each overlay.
 pub(crate) const KUSTOMIZATIONS: [&str; 4] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED];
@@ -158,20 +160,13 @@ pub(crate) fn kustomization(dir: &str) -> Option<&'static Render> {
     static CELLS: [OnceLock<Render>; KUSTOMIZATIONS.len()] =
         [const { OnceLock::new() }; KUSTOMIZATIONS.len()];
     refresh_copies_if_asked();
-    tool(
-        "kubectl",
-        &["version", "--client"],
-        "render the Kustomize manifests",
-    )
-    .then(|| once(&CELLS, &KUSTOMIZATIONS, dir, kustomize))
+    KUBECTL
+        .require("render the Kustomize manifests")
+        .then(|| once(&CELLS, &KUSTOMIZATIONS, dir, kustomize))
 }
 
 pub(crate) fn helm_installed() -> bool {
-    tool(
-        "helm",
-        &["version", "--short"],
-        "lint and render the Helm chart",
-    )
+    HELM.require("lint and render the Helm chart")
 }
 
 pub(crate) fn chart(values: Option<&str>) -> Option<&'static Render> {

@@ -3,9 +3,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
+use selfheal_lab::testkit::tools::KUBERNETES_VALIDATE;
 use serde_json::Value;
 
-use crate::command::{path, run, tool, write_temp};
+use crate::command::{path, run, write_temp};
 use crate::copies::RULES_SOURCE;
 use crate::render::{
     HELM_SHARDED, HELM_VALUES, KUBERNETES_VERSIONS, KUSTOMIZATIONS, OPERATOR, Render, chart,
@@ -61,13 +62,7 @@ fn kustomize_manifests_match_the_kubernetes_schemas() {
         .into_iter()
         .filter_map(kustomization)
         .collect();
-    if renders.is_empty()
-        || !tool(
-            "kubernetes-validate",
-            &["--version"],
-            "validate the manifests",
-        )
-    {
+    if renders.is_empty() || !KUBERNETES_VALIDATE.require("validate the manifests") {
         return;
     }
     for render in renders {
@@ -77,13 +72,7 @@ fn kustomize_manifests_match_the_kubernetes_schemas() {
 
 #[test]
 fn helm_manifests_match_the_kubernetes_schemas() {
-    if !helm_installed()
-        || !tool(
-            "kubernetes-validate",
-            &["--version"],
-            "validate the manifests",
-        )
-    {
+    if !helm_installed() || !KUBERNETES_VALIDATE.require("validate the manifests") {
         return;
     }
     for values in HELM_VALUES {

@@ -4,8 +4,10 @@
 //! ([`fleet`]), the Prometheus text-format parser and loopback GET they read the daemon's
 //! `/metrics` with ([`exposition`]), and the daemon process itself: its command line
 //! without the caller's `SELFHEAL_*` variables, and a wrapper that waits for `/readyz`,
-//! signals it and stops it ([`daemon`]). The root crate's tests use the parser and the
-//! command line too. One copy here instead of one per bench; public, so that each bench
+//! signals it and stops it ([`daemon`]), and what a test needs from the machine: a
+//! missing tool fails the test with the command that installs it, unless skipping was
+//! asked for ([`tools`]). The root crate's tests use the parser, the command line and
+//! the tools too. One copy here instead of one per bench; public, so that each bench
 //! uses only what it needs without dead-code warnings (a file pulled into every bench
 //! with `mod` would warn for whatever one bench leaves unused).
 
@@ -13,3 +15,4 @@ pub mod daemon;
 pub mod exposition;
 pub mod fleet;
 pub mod procfs;
+pub mod tools;
