@@ -46,6 +46,11 @@
 //!    1 s): one TCP server that accepts and never answers, and one that answers 200. The
 //!    normal target's probes must keep flowing at the configured rate (≥ 80 % of
 //!    window/interval successes) and the hanging one must be classified `timeout` only.
+//! 8. `fast-redeaths`: restarts faster than the attribution wait. The daemon runs with
+//!    `metrics.attribution_wait = "30s"`, so every pod (dying every ~8 s at the default
+//!    rate) dies twice more while its previous `Error` death still waits for a
+//!    probe-kill Event: the two-death ring must decide and release the oldest, never
+//!    drop it (issue 12; before the fix, Error restarts were lost).
 //! 7. `clock-jump`: node clock skew. The kubelet's timestamps (`startedAt`, `finishedAt`,
 //!    the Ready condition's `lastTransitionTime`) are true time for the first third of
 //!    the window, 1 h in the future for the second, 1 h in the past for the last. Counts
@@ -116,10 +121,11 @@ enum Scenario {
     Bursts429,
     HangingProbe,
     ClockJump,
+    FastRedeaths,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 8] = [
+    const ALL: [Scenario; 9] = [
         Scenario::Baseline,
         Scenario::ApiServerRestart,
         Scenario::WatchDrops,
@@ -128,6 +134,7 @@ impl Scenario {
         Scenario::Bursts429,
         Scenario::HangingProbe,
         Scenario::ClockJump,
+        Scenario::FastRedeaths,
     ];
 
     fn name(self) -> &'static str {
@@ -140,6 +147,7 @@ impl Scenario {
             Scenario::Bursts429 => "429-bursts",
             Scenario::HangingProbe => "hanging-probe",
             Scenario::ClockJump => "clock-jump",
+            Scenario::FastRedeaths => "fast-redeaths",
         }
     }
 }
@@ -292,6 +300,9 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
         servers.spawn(serve_hanging(hang));
         servers.spawn(serve_ok(ok));
     }
+    if scenario == Scenario::FastRedeaths {
+        config.push_str("[metrics]\nattribution_wait = \"30s\"\n");
+    }
 
     let mut daemon = spawn_daemon(&kubeconfig, dir.path(), &config)?;
     let rss = RssSampler::start(daemon.pid(), SAMPLE_EVERY);
@@ -350,7 +361,13 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
             s.sum("selfheal_container_restarts_total", &[]) == injected_restarts as f64
                 && s.sum("selfheal_container_oom_kills_total", &[]) == injected_ooms as f64
         });
-        if matched || settle_start.elapsed() > SETTLE_TIMEOUT {
+        // fast-redeaths holds the last Error restarts for its 30 s attribution wait.
+        let settle_timeout = if scenario == Scenario::FastRedeaths {
+            SETTLE_TIMEOUT + Duration::from_secs(30)
+        } else {
+            SETTLE_TIMEOUT
+        };
+        if matched || settle_start.elapsed() > settle_timeout {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -559,6 +576,10 @@ async fn run_fault(
         Scenario::ClockJump => {
             return "kubelet clock +0 h, then +1 h, then -1 h (thirds of the window)".into();
         }
+        Scenario::FastRedeaths => {
+            return "metrics.attribution_wait 30 s: each pod dies again while its Error death waits"
+                .into();
+        }
     };
     let mut count = 0u32;
     let mut outage = Duration::ZERO;
@@ -614,7 +635,10 @@ async fn run_fault(
                 served += BURST - faults.pending_failures();
                 faults.clear();
             }
-            Scenario::Baseline | Scenario::HangingProbe | Scenario::ClockJump => {}
+            Scenario::Baseline
+            | Scenario::HangingProbe
+            | Scenario::ClockJump
+            | Scenario::FastRedeaths => {}
         }
         next += Duration::from_secs_f64(period);
     }

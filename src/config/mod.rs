@@ -201,8 +201,16 @@ impl Settings {
 }
 
 impl Config {
-    /// The effective configuration, as a TOML document.
+    /// The effective configuration, as a TOML document: every key, `[leader_election]`
+    /// included even at its defaults (which serde leaves out, see the field).
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|error| format!("# cannot render: {error}\n"))
+        let rendered = toml::Table::try_from(self).and_then(|mut table| {
+            if !table.contains_key(LEADER_ELECTION) {
+                let election = toml::Value::try_from(&self.leader_election)?;
+                table.insert(LEADER_ELECTION.to_owned(), election);
+            }
+            toml::to_string_pretty(&table)
+        });
+        rendered.unwrap_or_else(|error| format!("# cannot render: {error}\n"))
     }
 }

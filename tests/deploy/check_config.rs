@@ -124,9 +124,8 @@ fn the_deployed_config_passes_check_config() {
         // Leader election as the manifests mean it: on exactly when the environment says
         // so, with the Lease the RBAC grants, in the pod's namespace, as the pod.
         let election = effective
-            .get("probes")
-            .and_then(|p| p.get("leader_election"))
-            .unwrap_or_else(|| panic!("{what}: no [probes.leader_election] in check-config"));
+            .get("leader_election")
+            .unwrap_or_else(|| panic!("{what}: no [leader_election] in check-config"));
         match leader_election_of(render, deployment) {
             Some(lease) => {
                 assert_eq!(election["enabled"].as_bool(), Some(true), "{what}");

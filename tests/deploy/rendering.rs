@@ -129,7 +129,7 @@ fn kustomize_sharded_overlay_renders() {
 
 /// The environment variables that switch leader election on, and what it needs from the
 /// downward API.
-const LEADER_ENV_PREFIX: &str = "SELFHEAL_PROBES__LEADER_ELECTION__";
+const LEADER_ENV_PREFIX: &str = "SELFHEAL_LEADER_ELECTION__";
 const DEFAULT_LEASE: &str = "selfheal-exporter-prober";
 
 /// The container's environment variable `name`, if set.
@@ -141,7 +141,7 @@ fn env_var<'a>(workload: &'a Value, wanted: &str) -> Option<&'a Value> {
 }
 
 /// The workload's leader election: `Some(lease name)` when its container switches
-/// [probes.leader_election] on (SELFHEAL_PROBES__LEADER_ELECTION__ENABLED=true), after
+/// [leader_election] on (SELFHEAL_LEADER_ELECTION__ENABLED=true), after
 /// checking that POD_NAME and POD_NAMESPACE come from the downward API. `None` otherwise.
 pub(crate) fn leader_election_of(render: &Render, workload: &Value) -> Option<String> {
     let enabled = env_var(workload, &format!("{LEADER_ENV_PREFIX}ENABLED"))?;
