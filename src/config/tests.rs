@@ -322,15 +322,29 @@ fn leader_election_errors_name_their_keys() {
     }
 }
 
+/// Leader election on through the environment variables under `prefix` (3 s Lease),
+/// in the pod `pod` of namespace selfheal-system.
+fn enable_leader_election(jail: &mut Jail, prefix: &str, pod: &str) {
+    for (key, value) in [
+        ("ENABLED", "true"),
+        ("LEASE_DURATION", "3s"),
+        ("GRACE", "1s"),
+        ("RETRY_PERIOD", "200ms"),
+    ] {
+        jail.set_env(format!("{prefix}{key}"), value);
+    }
+    jail.set_env("POD_NAMESPACE", "selfheal-system");
+    jail.set_env("POD_NAME", pod);
+}
+
 #[test]
 fn leader_election_loads_from_the_environment_and_prints_what_it_resolved() {
     Jail::expect_with(|jail| {
-        jail.set_env("SELFHEAL_LEADER_ELECTION__ENABLED", "true");
-        jail.set_env("SELFHEAL_LEADER_ELECTION__LEASE_DURATION", "3s");
-        jail.set_env("SELFHEAL_LEADER_ELECTION__GRACE", "1s");
-        jail.set_env("SELFHEAL_LEADER_ELECTION__RETRY_PERIOD", "200ms");
-        jail.set_env("POD_NAMESPACE", "selfheal-system");
-        jail.set_env("POD_NAME", "selfheal-exporter-7d9-abcde");
+        enable_leader_election(
+            jail,
+            "SELFHEAL_LEADER_ELECTION__",
+            "selfheal-exporter-7d9-abcde",
+        );
         let settings = load_settings(jail, None, &FlagOverrides::default())?;
         assert!(settings.warnings.is_empty(), "{:?}", settings.warnings);
         let election = &settings.config.leader_election;
@@ -359,12 +373,7 @@ fn leader_election_loads_from_the_environment_and_prints_what_it_resolved() {
 #[test]
 fn the_deprecated_probes_leader_election_still_works_with_a_warning_naming_the_new_key() {
     Jail::expect_with(|jail| {
-        jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__ENABLED", "true");
-        jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__LEASE_DURATION", "3s");
-        jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__GRACE", "1s");
-        jail.set_env("SELFHEAL_PROBES__LEADER_ELECTION__RETRY_PERIOD", "200ms");
-        jail.set_env("POD_NAMESPACE", "selfheal-system");
-        jail.set_env("POD_NAME", "p-1");
+        enable_leader_election(jail, "SELFHEAL_PROBES__LEADER_ELECTION__", "p-1");
         let settings = load_settings(jail, None, &FlagOverrides::default())?;
         assert_eq!(settings.warnings.len(), 1, "{:?}", settings.warnings);
         assert!(
