@@ -705,8 +705,13 @@ fn container_of_field_path(field_path: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// "Container NAME failed liveness probe, will be restarted" → `NAME`.
+/// "Container NAME failed liveness probe, will be restarted" → `NAME`, also behind the
+/// prefix the Event correlator writes when it merges similar Events ("(combined from
+/// similar events): Container NAME …").
 fn container_of_message(message: &str) -> Option<&str> {
+    let message = message
+        .strip_prefix("(combined from similar events): ")
+        .unwrap_or(message);
     let rest = message.strip_prefix("Container ")?;
     let (name, _) = rest.split_once(' ')?;
     (!name.is_empty()).then_some(name)

@@ -966,3 +966,37 @@ fn a_restart_its_own_rules_asked_for_is_not_a_crash() {
     h.tick(600);
     assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
 }
+
+#[test]
+fn a_merged_or_missing_probe_kill_event_never_makes_a_wrong_cause() {
+    // The Event correlator merged the kubelet's Killing Events: the message carries its
+    // prefix, and fieldPath may be gone; the kill is still attributed.
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let mut merged = liveness_kill("u", "e1", 1, 99);
+    merged.involved_object.field_path = None;
+    merged.message = Some(
+        "(combined from similar events): Container api failed liveness probe, will be restarted"
+            .into(),
+    );
+    h.event(&merged, 99);
+    h.apply(
+        &with(
+            mk_pod("p", "u"),
+            running(1, true, Some(death("Error", 137, "c0", 100))),
+        ),
+        101,
+    );
+    h.tick(200);
+    assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
+    // A rate-limited (dropped) Event: the kubelet's reason stands after the wait, never a
+    // guessed probe kill.
+    h.apply(
+        &with(
+            mk_pod("p", "u"),
+            running(2, true, Some(death("Error", 137, "c1", 300))),
+        ),
+        301,
+    );
+    h.tick(400);
+    assert_eq!(restarts(&h.take()), vec![(Cause::Error, 1)]);
+}
