@@ -4,7 +4,7 @@
 //!
 //! promtool and prometheus (Debian's `prometheus` package, which `scripts/test` installs)
 //! are required: a test fails without them, naming the install command, unless
-//! `SELFHEAL_SKIP_MISSING_TOOLS=1` asks it to skip (and be listed).
+//! `SKIP_MISSING_TOOLS=1` asks it to skip (and be listed).
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! kubectl against the lab API server (fails without kubectl, unless
-//! `SELFHEAL_SKIP_MISSING_TOOLS=1` asks it to skip: `selfheal_lab::testkit::tools`).
+//! `SKIP_MISSING_TOOLS=1` asks it to skip: `selfheal_lab::testkit::tools`).
 
 use std::process::Command;
 

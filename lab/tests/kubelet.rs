@@ -1,7 +1,7 @@
 //! The emulated kubelet against the lab API server: real processes, real OOM kills in
 //! memory cgroups, restart back-off, probes, Events and clean-up. Pod status is read
 //! back through the store. Tests that need cgroups run as root on a machine with a memory
-//! controller; elsewhere they fail, unless `SELFHEAL_SKIP_MISSING_TOOLS=1` asks them to
+//! controller; elsewhere they fail, unless `SKIP_MISSING_TOOLS=1` asks them to
 //! skip (and be listed: `selfheal_lab::testkit::tools`).
 
 use std::path::PathBuf;

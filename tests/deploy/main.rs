@@ -5,7 +5,7 @@
 //! `kubernetes-validate` (offline: it ships the Kubernetes OpenAPI schemas); the rendered
 //! PrometheusRules go through `promtool check rules`. `scripts/test` installs them; a
 //! test whose tool is missing fails, naming it and its install command, or, with
-//! `SELFHEAL_SKIP_MISSING_TOOLS=1`, skips and is listed (`selfheal_lab::testkit::tools`).
+//! `SKIP_MISSING_TOOLS=1`, skips and is listed (`selfheal_lab::testkit::tools`).
 //! Nothing here touches the network: every command works on local files, bounded by a
 //! timeout.
 //!

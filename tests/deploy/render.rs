@@ -150,7 +150,7 @@ fn helm_template(values: Option<&str>) -> Render {
 }
 
 // The renders, made once per test binary; `None` only when the tool is missing and
-// skipping was asked for (`SELFHEAL_SKIP_MISSING_TOOLS`).
+// skipping was asked for (`SKIP_MISSING_TOOLS`).
 
 /// The Kustomize directories under test: the base, then each overlay.
 pub(crate) const KUSTOMIZATIONS: [&str; 4] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED];

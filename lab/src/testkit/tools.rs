@@ -3,10 +3,10 @@
 //!
 //! A missing requirement fails the test, naming what is missing, what the test needed it
 //! for and the command that installs it (`scripts/test` installs everything it can). Only
-//! when the user asks for it with `SELFHEAL_SKIP_MISSING_TOOLS=1` does the test (or the
+//! when the user asks for it with `SKIP_MISSING_TOOLS=1` does the test (or the
 //! part of it that needs the tool) skip instead; then it says so on stderr at once
 //! (written past the test harness's output capture, so it shows even for a passing test)
-//! and appends one line to the file named by `SELFHEAL_SKIPPED_TESTS_FILE`, which
+//! and appends one line to the file named by `SKIPPED_TESTS_FILE`, which
 //! `scripts/test` sets and lists after `cargo test`.
 //!
 //! ```no_run
@@ -23,10 +23,12 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-/// Set (to anything but `0` or empty) to let tests skip what needs a missing tool.
-pub const SKIP_ENV: &str = "SELFHEAL_SKIP_MISSING_TOOLS";
+/// Set (to anything but `0` or empty) to let tests skip what needs a missing tool. Not
+/// `SELFHEAL_…`: the daemon reads every `SELFHEAL_*` variable as configuration, and its
+/// config tests fail on an unknown one.
+pub const SKIP_ENV: &str = "SKIP_MISSING_TOOLS";
 /// A file each skip appends a line to (`scripts/test` sets it and lists it at the end).
-pub const SKIPPED_FILE_ENV: &str = "SELFHEAL_SKIPPED_TESTS_FILE";
+pub const SKIPPED_FILE_ENV: &str = "SKIPPED_TESTS_FILE";
 
 /// A program the suite runs, and how to get it.
 #[derive(Debug, Clone, Copy)]
@@ -101,7 +103,7 @@ impl Tool {
     }
 
     /// `true` when the tool runs here. Else the test fails (a panic naming the tool,
-    /// `purpose` and the install command), or, with `SELFHEAL_SKIP_MISSING_TOOLS` set,
+    /// `purpose` and the install command), or, with `SKIP_MISSING_TOOLS` set,
     /// the skip is recorded and this returns `false`: the caller skips.
     pub fn require(&self, purpose: &str) -> bool {
         self.runs() || missing(self.program, purpose, self.install)
