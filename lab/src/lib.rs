@@ -55,6 +55,7 @@
 
 pub mod apiserver;
 pub mod bench_support;
+pub mod cluster;
 pub mod demo;
 pub mod grade_api;
 pub mod http_get;
