@@ -7,6 +7,9 @@
 # a second run with the same pins only checks it and returns at once.
 # The last line on stdout is always the bin directory (progress goes to stderr).
 #
+# `build.sh --check` builds nothing: it prints the bin dir if the cache is complete and
+# fails otherwise (tests use it so they never start a 17-minute build on their own).
+#
 # Environment: SELFHEAL_UPSTREAM_CACHE (cache root), GOFLAGS (default "-p=2 -buildvcs=false").
 set -euo pipefail
 
@@ -45,6 +48,10 @@ if complete; then
   log "up to date: $key"
   printf '%s\n' "$bin"
   exit 0
+fi
+if [[ ${1:-} == --check ]]; then
+  log "not built: $bin (run $here/build.sh)"
+  exit 1
 fi
 
 mkdir -p "$cache_root"

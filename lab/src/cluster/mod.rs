@@ -117,7 +117,19 @@ pub fn up(layout: &Layout, lab_binary: &Path) -> Result<UpReport> {
             build_script().display()
         )));
     }
-    // A crashed or still running earlier cluster: clean it first.
+    // Ports and the bridge are fixed: a cluster of another state dir must not be torn down.
+    for (component, addr) in [
+        ("kube-apiserver", "127.0.0.1:6443"),
+        ("etcd", "127.0.0.1:2379"),
+    ] {
+        if processes::running(layout, component).is_none() && tcp_open(addr) {
+            return Err(ClusterError::Setup(format!(
+                "{addr} is in use by something that is not this cluster's {component} (another \
+                 cluster with other state dirs?); bring that down first"
+            )));
+        }
+    }
+    // A crashed or still running earlier cluster of this layout: clean it first.
     let cleaned = cleanup::teardown(layout)?;
     std::fs::create_dir_all(&layout.run).map_err(ClusterError::io("creating", &layout.run))?;
     let bin_record = recorded_bin_path(&layout.run);
