@@ -150,6 +150,7 @@ pub fn kubelet(layout: &Layout) -> Spec {
             format!("--hostname-override={NODE_NAME}"),
             format!("--node-ip={NODE_IP}"),
             format!("--root-dir={}", layout.kubelet_root().display()),
+            format!("--cert-dir={}", layout.kubelet_root().join("pki").display()),
         ]),
         env: vec![("PATH".into(), path_with_bin(layout))],
     }

@@ -87,8 +87,10 @@ evictionHard:
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
+podLogsDir: {pod_logs}
 "#,
         sock = layout.containerd_socket().display(),
         ca = pki.ca_cert().display(),
+        pod_logs = layout.state.join("pod-logs").display(),
     )
 }

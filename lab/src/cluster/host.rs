@@ -24,10 +24,23 @@ pub const SYSCTLS: &[&str] = &[
     "net.ipv4.ip_forward",
 ];
 
+/// Host paths the kubelet and containerd's CNI library use whatever their configured dirs
+/// (the kubelet's device-plugin socket dir, its /var/log/containers symlinks, the CNI result
+/// cache). Those that did not exist before `up` are removed by `down`.
+pub const FIXED_HOST_PATHS: &[&str] = &[
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/var/lib/cni",
+];
+
 /// What the host looked like before the cluster started.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HostRecord {
     pub sysctls: BTreeMap<String, String>,
+    /// Which of [`FIXED_HOST_PATHS`] did not exist before (and so are ours to remove).
+    #[serde(default)]
+    pub created_paths: Vec<String>,
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
@@ -107,6 +120,11 @@ pub fn record(layout: &Layout) -> Result<HostRecord> {
     for key in SYSCTLS {
         rec.sysctls.insert((*key).to_string(), read_sysctl(key)?);
     }
+    rec.created_paths = FIXED_HOST_PATHS
+        .iter()
+        .filter(|p| !Path::new(p).exists())
+        .map(|p| (*p).to_string())
+        .collect();
     let path = layout.host_record();
     let text = serde_json::to_string_pretty(&rec)
         .map_err(|e| ClusterError::Setup(format!("host record: {e}")))?;
@@ -128,6 +146,13 @@ pub fn restore(layout: &Layout) -> Result<Vec<String>> {
         if &now != old {
             write_sysctl(key, old)?;
             changes.push(format!("sysctl {key}: {now} -> {old}"));
+        }
+    }
+    for p in &rec.created_paths {
+        let dir = Path::new(p);
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(ClusterError::io("removing", dir))?;
+            changes.push(format!("{p}: created by the cluster, removed"));
         }
     }
     std::fs::remove_file(&path).map_err(ClusterError::io("removing", &path))?;
