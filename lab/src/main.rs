@@ -82,7 +82,10 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     match args.action {
         ClusterAction::Up => {
             let exe = std::env::current_exe().context("locating this program")?;
-            let report = cluster::up(&layout, &exe)?;
+            let report = cluster::up(&layout, &exe).context(
+                "cluster up failed; what started is still running for inspection \
+                 (logs in the state dir's logs/): `selfheal-lab cluster down` removes it",
+            )?;
             if !report.cleaned.stopped.is_empty() || report.cleaned.killed > 0 {
                 eprintln!(
                     "cluster: cleaned a stale run first: stopped {:?}, killed {}",

@@ -27,7 +27,7 @@ fn upstream_bin() -> PathBuf {
         .expect("running lab/upstream/build.sh --check");
     assert!(
         out.status.success(),
-        "the upstream binaries are not built: run {} first (about 17 min cold on 2 cores)\n{}",
+        "the upstream binaries are not built: run {} first (about 18 min cold on 2 cores)\n{}",
         script.display(),
         String::from_utf8_lossy(&out.stderr)
     );
