@@ -118,15 +118,22 @@ pub fn up(layout: &Layout, lab_binary: &Path) -> Result<UpReport> {
         )));
     }
     // Ports and the bridge are fixed: a cluster of another state dir must not be torn down.
+    // A process of ours that was just killed may hold its port a moment longer (its other
+    // threads still exiting), so a busy port must stay busy for 10 s to count.
     for (component, addr) in [
         ("kube-apiserver", "127.0.0.1:6443"),
         ("etcd", "127.0.0.1:2379"),
     ] {
-        if processes::running(layout, component).is_none() && tcp_open(addr) {
-            return Err(ClusterError::Setup(format!(
-                "{addr} is in use by something that is not this cluster's {component} (another \
-                 cluster with other state dirs?); bring that down first"
-            )));
+        let foreign = || processes::running(layout, component).is_none() && tcp_open(addr);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while foreign() {
+            if std::time::Instant::now() > deadline {
+                return Err(ClusterError::Setup(format!(
+                    "{addr} is in use by something that is not this cluster's {component} \
+                     (another cluster with other state dirs?); bring that down first"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
     }
     // A crashed or still running earlier cluster of this layout: clean it first.
