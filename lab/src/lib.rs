@@ -54,6 +54,7 @@
 //! pod fleet, the Prometheus text parser and the daemon process.
 
 pub mod apiserver;
+pub mod cluster;
 pub mod demo;
 pub mod grade_api;
 pub mod http_get;

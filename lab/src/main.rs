@@ -6,6 +6,7 @@
 //! `services` keeps EndpointSlices and proxies NodePorts on 127.0.0.1 to ready pods.
 //! `kubelet` runs the emulated kubelet (pods as processes) until SIGINT/SIGTERM.
 //! `demo` runs the whole grade-submission experiment with the daemon watching it.
+//! `cluster up|down|status` runs a real one-node Kubernetes cluster from upstream binaries.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,100 @@ enum Command {
     Kubelet(KubeletArgs),
     /// The grade-submission experiment, for real: lab, kubelet, Service, daemon and load.
     Demo(DemoArgs),
+    /// A real one-node Kubernetes cluster from upstream binaries (root; see lab/upstream).
+    Cluster(ClusterArgs),
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    #[command(subcommand)]
+    action: ClusterAction,
+    /// Directory of the upstream binaries [default: what lab/upstream/build.sh prints, or
+    /// for down/status the one the last `up` used].
+    #[arg(long, global = true, env = "SELFHEAL_UPSTREAM_BIN")]
+    bin_dir: Option<PathBuf>,
+    /// Persistent state (certificates, etcd, containerd root, kubelet root, logs).
+    #[arg(long, global = true, default_value = selfheal_lab::cluster::layout::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Runtime state (PID files, containerd state and socket, netns).
+    #[arg(long, global = true, default_value = selfheal_lab::cluster::layout::DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Start everything (cleaning a stale earlier run first); returns once the node is Ready.
+    Up,
+    /// Stop everything and remove the cluster's state, mounts, cgroups, bridge; restore sysctls.
+    Down,
+    /// Say which components run and whether the node is Ready.
+    Status,
+}
+
+fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    use selfheal_lab::cluster;
+    let bin = match (&args.bin_dir, &args.action) {
+        (Some(b), _) => b.clone(),
+        (None, ClusterAction::Up) => cluster::build_upstream()?,
+        (None, _) => cluster::recorded_bin_dir(&args.run_dir).unwrap_or_default(),
+    };
+    let layout = cluster::Layout::new(&args.state_dir, &args.run_dir, bin);
+    match args.action {
+        ClusterAction::Up => {
+            let exe = std::env::current_exe().context("locating this program")?;
+            let report = cluster::up(&layout, &exe).context(
+                "cluster up failed; what started is still running for inspection \
+                 (logs in the state dir's logs/): `selfheal-lab cluster down` removes it",
+            )?;
+            if !report.cleaned.stopped.is_empty() || report.cleaned.killed > 0 {
+                eprintln!(
+                    "cluster: cleaned a stale run first: stopped {:?}, killed {}",
+                    report.cleaned.stopped, report.cleaned.killed
+                );
+            }
+            eprintln!("cluster: images {:?}", report.images);
+            eprintln!("cluster: node {} Ready", cluster::layout::NODE_NAME);
+            println!("{}", report.admin_kubeconfig.display());
+        }
+        ClusterAction::Down => {
+            let r = cluster::down(&layout)?;
+            println!(
+                "cluster: stopped {:?}; killed {} pod/shim processes; {} unmounts; {} cgroups removed",
+                r.stopped, r.killed, r.unmounted, r.cgroups_removed
+            );
+            for line in &r.restored {
+                println!("cluster: restored {line}");
+            }
+            for line in &r.leftovers {
+                println!("cluster: LEFT BEHIND {line}");
+            }
+        }
+        ClusterAction::Status => {
+            let s = cluster::status(&layout);
+            for c in &s.components {
+                match c.pid {
+                    Some(pid) => println!("{:<24} running (pid {pid})", c.name),
+                    None => println!("{:<24} not running", c.name),
+                }
+            }
+            println!(
+                "{:<24} {}",
+                "node Ready",
+                s.node_ready.as_deref().unwrap_or("unknown")
+            );
+            println!(
+                "{:<24} {}",
+                "net.ipv4.ip_forward",
+                s.ip_forward.as_deref().unwrap_or("?")
+            );
+            println!(
+                "{:<24} {}",
+                "admin kubeconfig",
+                s.admin_kubeconfig.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -239,6 +334,10 @@ async fn run_grade_api(args: GradeApiArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The cluster commands are synchronous (they drive processes and files).
+    if let Command::Cluster(args) = cli.command {
+        return run_cluster(args);
+    }
     // The demo prints its own account; the components' logs would drown it.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -349,5 +448,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Services(args) => run_services(args).await,
         Command::Kubelet(args) => run_kubelet(args).await,
         Command::Demo(args) => run_demo(args).await,
+        Command::Cluster(args) => run_cluster(args),
     }
 }

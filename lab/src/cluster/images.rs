@@ -1,0 +1,314 @@
+//! The cluster's images, built here as OCI archives (a hand-written OCI layout: one
+//! uncompressed layer, a config, a manifest, an index) and imported into containerd's
+//! `k8s.io` namespace with `ctr images import`: our own static pause, Debian's
+//! busybox-static as `selfheal-lab/busybox:1`, and the grade API (this very binary with its
+//! shared libraries) under the experiment's image name.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::error::{ClusterError, Result};
+use super::exec;
+use super::layout::Layout;
+use super::tar::Tar;
+
+/// The sandbox (pause) image, pinned in containerd's config.
+pub const PAUSE_IMAGE: &str = "docker.io/selfheal-lab/pause:1";
+/// Debian's busybox-static with every applet linked.
+pub const BUSYBOX_IMAGE: &str = "docker.io/selfheal-lab/busybox:1";
+/// The experiment's grade API, served by `selfheal-lab grade-api` on port 3000.
+pub const GRADE_API_IMAGE: &str =
+    "docker.io/rslim087/kubernetes-course-grade-submission-api:stateful";
+
+const PAUSE_C: &str = include_str!("pause.c");
+const BUSYBOX: &str = "/bin/busybox";
+
+/// One filesystem entry of a layer.
+pub enum Entry {
+    Dir(String),
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+}
+
+/// What an image holds and how it starts.
+pub struct ImageSpec {
+    /// Fully qualified name (`docker.io/…:tag`).
+    pub name: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub entries: Vec<Entry>,
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Renders `spec` as an OCI image-layout tar archive.
+pub fn oci_archive(spec: &ImageSpec) -> Result<Vec<u8>> {
+    let mut layer = Tar::new();
+    for e in &spec.entries {
+        match e {
+            Entry::Dir(p) => layer.dir(p, 0o755)?,
+            Entry::File { path, mode, data } => layer.file(path, *mode, data)?,
+            Entry::Symlink { path, target } => layer.symlink(path, target)?,
+        }
+    }
+    let layer = layer.finish();
+    let layer_digest = format!("sha256:{}", sha256_hex(&layer));
+    let mut config = json!({
+        "Entrypoint": spec.entrypoint,
+        "Env": spec.env,
+    });
+    if !spec.cmd.is_empty() {
+        config["Cmd"] = json!(spec.cmd);
+    }
+    if let Some(u) = &spec.user {
+        config["User"] = json!(u);
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": config,
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+        "history": [{"created_by": "selfheal-lab cluster images"}],
+    }))
+    .map_err(|e| ClusterError::Setup(format!("image config: {e}")))?;
+    let config_digest = format!("sha256:{}", sha256_hex(&config));
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}],
+    }))
+    .map_err(|e| ClusterError::Setup(format!("image manifest: {e}")))?;
+    let manifest_digest = format!("sha256:{}", sha256_hex(&manifest));
+    let tag = spec
+        .name
+        .rsplit_once(':')
+        .map(|(_, t)| t)
+        .unwrap_or("latest");
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest, "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "io.containerd.image.name": spec.name,
+                "org.opencontainers.image.ref.name": tag,
+            },
+        }],
+    }))
+    .map_err(|e| ClusterError::Setup(format!("image index: {e}")))?;
+    let mut out = Tar::new();
+    out.file("oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    out.file("index.json", 0o644, &index)?;
+    out.dir("blobs", 0o755)?;
+    out.dir("blobs/sha256", 0o755)?;
+    for (digest, data) in [
+        (&layer_digest, &layer),
+        (&config_digest, &config),
+        (&manifest_digest, &manifest),
+    ] {
+        let hex = digest.trim_start_matches("sha256:");
+        out.file(&format!("blobs/sha256/{hex}"), 0o644, data)?;
+    }
+    Ok(out.finish())
+}
+
+/// Our pause: `pause.c` compiled statically with the host's gcc.
+pub fn pause_spec(work: &Path) -> Result<ImageSpec> {
+    let src = work.join("pause.c");
+    let bin = work.join("pause");
+    std::fs::write(&src, PAUSE_C).map_err(ClusterError::io("writing", &src))?;
+    exec::run(
+        "gcc",
+        [
+            "-Os".as_ref(),
+            "-Wall".as_ref(),
+            "-Werror".as_ref(),
+            "-static".as_ref(),
+            "-o".as_ref(),
+            bin.as_os_str(),
+            src.as_os_str(),
+        ],
+    )?;
+    let data = std::fs::read(&bin).map_err(ClusterError::io("reading", &bin))?;
+    Ok(ImageSpec {
+        name: PAUSE_IMAGE.into(),
+        entrypoint: vec!["/pause".into()],
+        cmd: vec![],
+        env: vec![],
+        user: None,
+        entries: vec![Entry::File {
+            path: "pause".into(),
+            mode: 0o755,
+            data,
+        }],
+    })
+}
+
+/// Debian's busybox-static at /bin/busybox with a symlink per applet.
+pub fn busybox_spec() -> Result<ImageSpec> {
+    let path = Path::new(BUSYBOX);
+    let data = std::fs::read(path).map_err(ClusterError::io(
+        "reading (apt-get install busybox-static)",
+        path,
+    ))?;
+    let list = exec::run(BUSYBOX, ["--list-full"])?;
+    let mut entries = vec![
+        Entry::Dir("bin".into()),
+        Entry::Dir("sbin".into()),
+        Entry::Dir("usr".into()),
+        Entry::Dir("usr/bin".into()),
+        Entry::Dir("usr/sbin".into()),
+        Entry::Dir("tmp".into()),
+        Entry::Dir("etc".into()),
+        Entry::File {
+            path: "bin/busybox".into(),
+            mode: 0o755,
+            data,
+        },
+    ];
+    for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if applet == "bin/busybox" || applet.contains("..") {
+            continue;
+        }
+        entries.push(Entry::Symlink {
+            path: applet.into(),
+            target: "/bin/busybox".into(),
+        });
+    }
+    Ok(ImageSpec {
+        name: BUSYBOX_IMAGE.into(),
+        entrypoint: vec![],
+        cmd: vec!["/bin/sh".into()],
+        env: vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".into()],
+        user: None,
+        entries,
+    })
+}
+
+/// The shared libraries `ldd` resolves for `binary` (absolute paths, the loader included).
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = exec::run("ldd", [binary])?;
+    let mut libs = Vec::new();
+    for line in out.lines() {
+        let line = line.trim();
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// The grade API: `lab_binary grade-api` listening on 0.0.0.0:3000, with its libraries.
+pub fn grade_api_spec(lab_binary: &Path) -> Result<ImageSpec> {
+    let data = std::fs::read(lab_binary).map_err(ClusterError::io("reading", lab_binary))?;
+    let mut entries = vec![
+        Entry::File {
+            path: "selfheal-lab".into(),
+            mode: 0o755,
+            data,
+        },
+        Entry::Dir("tmp".into()),
+    ];
+    let mut dirs: Vec<String> = Vec::new();
+    for lib in shared_libraries(lab_binary)? {
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        let mut acc = String::new();
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            for part in parent.split('/') {
+                if !acc.is_empty() {
+                    acc.push('/');
+                }
+                acc.push_str(part);
+                if !dirs.contains(&acc) {
+                    dirs.push(acc.clone());
+                    entries.push(Entry::Dir(acc.clone()));
+                }
+            }
+        }
+        let bytes = std::fs::read(&lib).map_err(ClusterError::io("reading", &lib))?;
+        entries.push(Entry::File {
+            path: rel,
+            mode: 0o755,
+            data: bytes,
+        });
+    }
+    Ok(ImageSpec {
+        name: GRADE_API_IMAGE.into(),
+        entrypoint: vec!["/selfheal-lab".into(), "grade-api".into()],
+        cmd: vec![],
+        env: vec![
+            "GRADE_API_LISTEN=0.0.0.0:3000".into(),
+            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu".into(),
+        ],
+        user: None,
+        entries,
+    })
+}
+
+/// Writes `spec`'s archive under the images dir and imports it into containerd.
+pub fn import(layout: &Layout, spec: &ImageSpec) -> Result<()> {
+    let dir = layout.images_dir();
+    std::fs::create_dir_all(&dir).map_err(ClusterError::io("creating", &dir))?;
+    let file_name: String = spec
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let archive = dir.join(format!("{file_name}.tar"));
+    let bytes = oci_archive(spec)?;
+    std::fs::write(&archive, bytes).map_err(ClusterError::io("writing", &archive))?;
+    exec::run(
+        layout.binary("ctr"),
+        [
+            "--address".as_ref(),
+            layout.containerd_socket().as_os_str(),
+            "-n".as_ref(),
+            "k8s.io".as_ref(),
+            "images".as_ref(),
+            "import".as_ref(),
+            "--platform".as_ref(),
+            "linux/amd64".as_ref(),
+            archive.as_os_str(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Builds and imports every image; `lab_binary` is this program (for the grade API).
+pub fn import_all(layout: &Layout, lab_binary: &Path) -> Result<Vec<String>> {
+    let work = layout.images_dir();
+    std::fs::create_dir_all(&work).map_err(ClusterError::io("creating", &work))?;
+    let specs = [
+        pause_spec(&work)?,
+        busybox_spec()?,
+        grade_api_spec(lab_binary)?,
+    ];
+    let mut names = Vec::new();
+    for spec in &specs {
+        import(layout, spec)?;
+        names.push(spec.name.clone());
+    }
+    Ok(names)
+}
