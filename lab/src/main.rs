@@ -428,10 +428,10 @@ async fn run_kubelet(args: KubeletArgs) -> anyhow::Result<()> {
             println!(
                 "kubelet: memory limits enforced (cgroup {version:?}, {})",
                 root.display()
-            )
+            );
         }
         CgroupStatus::Unavailable { reason } => {
-            println!("kubelet: memory limits NOT enforced, OOMKilled never reported: {reason}")
+            println!("kubelet: memory limits NOT enforced, OOMKilled never reported: {reason}");
         }
     }
     println!("kubelet: node {}", kubelet.status().node_name);

@@ -138,9 +138,10 @@ spec:
 #[test]
 fn real_kubelet_reports_a_kernel_oom_kill() {
     // SAFETY: geteuid(2) has no preconditions.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "the real cluster needs root (cgroups, mounts, bridge)"
     );
     let bin = upstream_bin();

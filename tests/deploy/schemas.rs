@@ -223,7 +223,7 @@ fn check_service_monitor(render: &Render, monitor: &Value) {
         let timeout = prometheus_duration(endpoint["scrapeTimeout"].as_str().unwrap_or(""));
         match (interval, timeout) {
             (Some(interval), Some(timeout)) => {
-                assert!(timeout <= interval, "{what}: scrapeTimeout above interval")
+                assert!(timeout <= interval, "{what}: scrapeTimeout above interval");
             }
             other => panic!("{what}: interval/scrapeTimeout are not durations: {other:?}"),
         }

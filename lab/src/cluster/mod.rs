@@ -83,7 +83,9 @@ fn check_layout(layout: &Layout) -> Result<()> {
 
 fn require_root() -> Result<()> {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         return Err(ClusterError::Setup(
             "the cluster needs root (cgroups, mounts, bridge)".into(),
         ));

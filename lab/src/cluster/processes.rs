@@ -112,6 +112,7 @@ pub fn running(layout: &Layout, name: &str) -> Option<u32> {
 pub fn signal(pid: u32, signal: i32) {
     let Ok(pid) = i32::try_from(pid) else { return };
     // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    #[allow(unsafe_code)]
     unsafe {
         libc::kill(pid, signal);
     }

@@ -89,7 +89,7 @@ impl Tool {
         static SEEN: Mutex<BTreeMap<&'static str, bool>> = Mutex::new(BTreeMap::new());
         *SEEN
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .entry(self.program)
             .or_insert_with(|| {
                 Command::new(self.program)
