@@ -10,7 +10,7 @@
 //! say what the exporter reads each for.
 
 use k8s_openapi::api::core::v1::{Event, Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
 
@@ -337,6 +337,8 @@ struct SlimMeta {
     uid: Option<String>,
     /// Read by kube-rs's watcher (through `Resource::meta`) to resume the watch.
     resource_version: Option<String>,
+    /// Set once the pod is being deleted: its containers' exits are its shutdown.
+    deletion_timestamp: Option<Time>,
     #[serde(default, deserialize_with = "nullable")]
     labels: std::collections::BTreeMap<String, String>,
     #[serde(default, deserialize_with = "nullable")]
@@ -367,6 +369,7 @@ fn into_object_meta(slim: SlimMeta) -> ObjectMeta {
         namespace: slim.namespace,
         uid: slim.uid,
         resource_version: slim.resource_version,
+        deletion_timestamp: slim.deletion_timestamp,
         labels: (!slim.labels.is_empty()).then_some(slim.labels),
         owner_references: (!slim.owner_references.is_empty()).then(|| {
             slim.owner_references

@@ -109,6 +109,30 @@ impl ContainerTracker {
             sink.anomaly(Anomaly::MissingField);
         }
         let mut cause = sink.cause_of(terminated.reason.as_deref(), terminated.message.as_deref());
+        if ctx.terminating && cause != Cause::OOMKilled {
+            // The pod is being deleted: its containers (native sidecars last, which the
+            // kubelet documents may exit non-zero then) stop because they were told to.
+            // Not a failure; only the exit code is kept. An OOM kill stays one.
+            sink.out.push(Observation::LastExitCode {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                exit_code: terminated.exit_code,
+            });
+            self.remember(
+                Death {
+                    key,
+                    finished_at,
+                    cause,
+                    undecided_until: None,
+                    held_restarts: 0,
+                    held_recovery_seconds: None,
+                    evicted: false,
+                },
+                ctx,
+                sink,
+            );
+            return;
+        }
         if matches!(cause, Cause::Error | Cause::Completed)
             && rules_restart(&self.restart_rules, terminated.exit_code)
         {

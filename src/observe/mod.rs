@@ -211,6 +211,8 @@ pub struct PodContext<'a> {
     /// The pod was evicted (phase Failed, reason Evicted): its containers' vanishing is
     /// the eviction, counted once for the pod, not deaths or restarts of their own.
     evicted: bool,
+    /// The pod is being deleted (`deletionTimestamp`): its containers stop on purpose.
+    terminating: bool,
     now: Timestamp,
     news: bool,
 }
@@ -311,6 +313,7 @@ impl PodState {
             ready_since: None,
             labels: None,
             evicted: self.evicted,
+            terminating: false,
             now,
             news,
         }
@@ -529,6 +532,7 @@ impl Observer {
             }
         }
         let mut ctx = state.context(&uid, now, news);
+        ctx.terminating = meta.deletion_timestamp.is_some();
         ctx.labels = meta.labels.as_ref();
         ctx.ready_since =
             ready_condition.and_then(|condition| condition.last_transition_time.as_deref());

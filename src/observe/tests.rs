@@ -1000,3 +1000,41 @@ fn a_merged_or_missing_probe_kill_event_never_makes_a_wrong_cause() {
     h.tick(400);
     assert_eq!(restarts(&h.take()), vec![(Cause::Error, 1)]);
 }
+
+#[test]
+fn exits_while_the_pod_is_deleted_are_its_shutdown_not_failures() {
+    // A pod with a native sidecar (an init container with restartPolicy Always) being
+    // deleted: the app exits 143 on SIGTERM, then the sidecar exits 1, as the kubelet
+    // documents it may. Neither is a death to record; an OOM kill meanwhile still is.
+    let mut pod = mk_pod("p", "u");
+    pod.spec.init_containers.push(ContainerSpec {
+        name: "proxy".into(),
+        ..ContainerSpec::default()
+    });
+    let mut sidecar = running(0, true, None);
+    sidecar.name = "proxy".into();
+    let mut live = with(pod.clone(), running(0, true, None));
+    live.status.init_container_statuses = vec![sidecar.clone()];
+    let mut h = Harness::synced_with(&[live.clone()]);
+    h.take();
+    let mut deleting = live.clone();
+    deleting.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(10)));
+    deleting.status.container_statuses[0] = terminated(0, death("Error", 143, "c0", 11), None);
+    let mut sidecar_done = terminated(0, death("Error", 1, "s0", 12), None);
+    sidecar_done.name = "proxy".into();
+    deleting.status.init_container_statuses = vec![sidecar_done];
+    h.apply(&deleting, 12);
+    let out = h.take();
+    assert!(deaths(&out).is_empty(), "{:?}", deaths(&out));
+    assert!(
+        !out.iter()
+            .any(|o| matches!(o, Observation::Incident(IncidentUpdate::Death(_)))),
+        "no incident for a shutdown"
+    );
+    let mut oom = deleting.clone();
+    oom.status.init_container_statuses[0] = terminated(0, death("OOMKilled", 137, "s1", 13), None);
+    oom.status.init_container_statuses[0].name = "proxy".into();
+    h.apply(&oom, 13);
+    assert_eq!(deaths(&h.take()), vec![(Cause::OOMKilled, 137)]);
+}
