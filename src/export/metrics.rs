@@ -14,9 +14,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
-use crate::export::cardinality::{CardinalityGuard, GuardedFamily};
+use crate::export::cardinality::{CardinalityGuard, Export, GuardedFamily};
 use crate::k8s::workload::Workload;
 use crate::observe::{Anomaly, Cause, Disruption, Observation};
 
@@ -217,76 +217,85 @@ impl Metrics {
     /// prefix). `buckets` are the time-to-recover histogram's upper bounds, in seconds.
     pub fn register(registry: &mut Registry, buckets: &[f64], guard: &CardinalityGuard) -> Self {
         let metrics = Metrics {
-            restarts: GuardedFamily::new("selfheal_container_restarts", guard),
-            oom_kills: GuardedFamily::new("selfheal_container_oom_kills", guard),
-            time_to_recover: GuardedFamily::with_constructor(
-                "selfheal_container_time_to_recover_seconds",
+            restarts: GuardedFamily::register(
+                registry,
                 guard,
+                Export::new(
+                    "container_restarts",
+                    "Container restarts (restartCount increases), by cause of the death before each",
+                ),
+            ),
+            oom_kills: GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "container_oom_kills",
+                    "Container deaths with reason OOMKilled, counted when first visible",
+                ),
+            ),
+            time_to_recover: GuardedFamily::register_with_constructor(
+                registry,
+                guard,
+                Export::seconds(
+                    "container_time_to_recover",
+                    "Time from a container's death to its restarted instance being ready",
+                ),
                 Buckets(buckets.into()),
             ),
-            last_exit_code: GuardedFamily::new(
-                "selfheal_container_last_termination_exit_code",
+            last_exit_code: GuardedFamily::register(
+                registry,
                 guard,
+                Export::new(
+                    "container_last_termination_exit_code",
+                    "Exit code of the container's most recent death",
+                ),
             ),
-            memory_limit: GuardedFamily::new("selfheal_container_memory_limit_bytes", guard),
-            crashlooping: GuardedFamily::new("selfheal_container_crashlooping", guard),
-            unavailable: GuardedFamily::new("selfheal_workload_unavailable_seconds", guard),
-            evictions: GuardedFamily::new("selfheal_pod_evictions", guard),
-            disruptions: GuardedFamily::new("selfheal_pod_disruptions", guard),
+            memory_limit: GuardedFamily::register(
+                registry,
+                guard,
+                Export::bytes(
+                    "container_memory_limit",
+                    "Memory limit in force for the container (resources.limits.memory)",
+                ),
+            ),
+            crashlooping: GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "container_crashlooping",
+                    "1 while the pod's container waits in CrashLoopBackOff, else 0",
+                ),
+            ),
+            unavailable: GuardedFamily::register(
+                registry,
+                guard,
+                Export::seconds(
+                    "workload_unavailable",
+                    "Time during which the workload, after having been ready, had pods but none ready",
+                ),
+            ),
+            evictions: GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "pod_evictions",
+                    "Pods of the workload evicted by the kubelet (status.reason Evicted)",
+                ),
+            ),
+            disruptions: GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "pod_disruptions",
+                    "Pods of the workload that Kubernetes took away on purpose, by the reason of \
+                     their DisruptionTarget condition (preemption, taint, Eviction API, pod GC, \
+                     kubelet); not crashes",
+                ),
+            ),
             observed_containers: Gauge::default(),
             anomalies: Family::default(),
             series: foldhash::HashMap::default(),
         };
-        registry.register(
-            "container_restarts",
-            "Container restarts (restartCount increases), by cause of the death before each",
-            metrics.restarts.family().clone(),
-        );
-        registry.register(
-            "container_oom_kills",
-            "Container deaths with reason OOMKilled, counted when first visible",
-            metrics.oom_kills.family().clone(),
-        );
-        registry.register_with_unit(
-            "container_time_to_recover",
-            "Time from a container's death to its restarted instance being ready",
-            Unit::Seconds,
-            metrics.time_to_recover.family().clone(),
-        );
-        registry.register(
-            "container_last_termination_exit_code",
-            "Exit code of the container's most recent death",
-            metrics.last_exit_code.family().clone(),
-        );
-        registry.register_with_unit(
-            "container_memory_limit",
-            "Memory limit in force for the container (resources.limits.memory)",
-            Unit::Bytes,
-            metrics.memory_limit.family().clone(),
-        );
-        registry.register(
-            "container_crashlooping",
-            "1 while the pod's container waits in CrashLoopBackOff, else 0",
-            metrics.crashlooping.family().clone(),
-        );
-        registry.register_with_unit(
-            "workload_unavailable",
-            "Time during which the workload, after having been ready, had pods but none ready",
-            Unit::Seconds,
-            metrics.unavailable.family().clone(),
-        );
-        registry.register(
-            "pod_evictions",
-            "Pods of the workload evicted by the kubelet (status.reason Evicted)",
-            metrics.evictions.family().clone(),
-        );
-        registry.register(
-            "pod_disruptions",
-            "Pods of the workload that Kubernetes took away on purpose, by the reason of \
-             their DisruptionTarget condition (preemption, taint, Eviction API, pod GC, \
-             kubelet); not crashes",
-            metrics.disruptions.family().clone(),
-        );
         registry.register(
             "observed_containers",
             "Containers currently followed by the observer",

@@ -9,11 +9,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
 
 use super::http::ProbeResult;
 use super::target::ProbeSpec;
-use crate::export::cardinality::{CardinalityGuard, GuardedFamily};
+use crate::export::cardinality::{CardinalityGuard, Export, GuardedFamily};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TargetLabels {
@@ -83,56 +83,59 @@ pub struct ProbeMetrics {
 impl ProbeMetrics {
     pub fn register(registry: &mut Registry, guard: &CardinalityGuard) -> Self {
         let metrics = ProbeMetrics {
-            up: Arc::new(GuardedFamily::new("selfheal_probe_up", guard)),
-            requests: Arc::new(GuardedFamily::new("selfheal_probe_requests", guard)),
-            duration: Arc::new(GuardedFamily::with_constructor(
-                "selfheal_probe_duration_seconds",
+            up: Arc::new(GuardedFamily::register(
+                registry,
                 guard,
+                Export::new(
+                    "probe_up",
+                    "1 while the target answers its probes as expected, 0 during an outage",
+                ),
+            )),
+            requests: Arc::new(GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "probe_requests",
+                    "Probes sent, by result (success or a failure class)",
+                ),
+            )),
+            duration: Arc::new(GuardedFamily::register_with_constructor(
+                registry,
+                guard,
+                Export::seconds(
+                    "probe_duration",
+                    "Time each probe took, to the answer or the failure",
+                ),
                 duration_histogram as fn() -> Histogram,
             )),
-            downtime: Arc::new(GuardedFamily::new("selfheal_probe_downtime_seconds", guard)),
-            outages: Arc::new(GuardedFamily::new("selfheal_probe_outages", guard)),
-            outage_duration: Arc::new(GuardedFamily::with_constructor(
-                "selfheal_probe_outage_duration_seconds",
+            downtime: Arc::new(GuardedFamily::register(
+                registry,
                 guard,
+                Export::seconds(
+                    "probe_downtime",
+                    "Time the target was down as its clients saw it, at probe resolution",
+                ),
+            )),
+            outages: Arc::new(GuardedFamily::register(
+                registry,
+                guard,
+                Export::new(
+                    "probe_outages",
+                    "Ended outages, by the restart that caused them (unknown when none)",
+                ),
+            )),
+            outage_duration: Arc::new(GuardedFamily::register_with_constructor(
+                registry,
+                guard,
+                Export::seconds(
+                    "probe_outage_duration",
+                    "Length of each ended outage: time to recover as clients saw it",
+                ),
                 outage_histogram as fn() -> Histogram,
             )),
             stale_results: Counter::default(),
             config_errors: Family::default(),
         };
-        registry.register(
-            "probe_up",
-            "1 while the target answers its probes as expected, 0 during an outage",
-            metrics.up.family().clone(),
-        );
-        registry.register(
-            "probe_requests",
-            "Probes sent, by result (success or a failure class)",
-            metrics.requests.family().clone(),
-        );
-        registry.register_with_unit(
-            "probe_duration",
-            "Time each probe took, to the answer or the failure",
-            Unit::Seconds,
-            metrics.duration.family().clone(),
-        );
-        registry.register_with_unit(
-            "probe_downtime",
-            "Time the target was down as its clients saw it, at probe resolution",
-            Unit::Seconds,
-            metrics.downtime.family().clone(),
-        );
-        registry.register(
-            "probe_outages",
-            "Ended outages, by the restart that caused them (unknown when none)",
-            metrics.outages.family().clone(),
-        );
-        registry.register_with_unit(
-            "probe_outage_duration",
-            "Length of each ended outage: time to recover as clients saw it",
-            Unit::Seconds,
-            metrics.outage_duration.family().clone(),
-        );
         registry.register(
             "probe_stale_results",
             "Probe results that completed after a newer probe's result (ignored for up/down)",
