@@ -1,11 +1,17 @@
 //! The real cluster (`selfheal-lab cluster up`, upstream kubelet + containerd + runc on this
 //! host) OOM-kills a busybox pod under a 48Mi limit, and the real kubelet reports it:
-//! `lastState.terminated` reason OOMKilled, exit code 137, restartCount ≥ 1.
+//! `lastState.terminated` reason OOMKilled, exit code 137, restartCount ≥ 1. The daemon,
+//! run on the host against the real API server through the admin kubeconfig, counts
+//! what the kubelet reports: its OOMKilled restarts equal the kubelet's `restartCount`.
+//!
+//! The daemon is the `selfheal-exporter` binary next to this crate's binary in the target
+//! directory (`cargo test --workspace` builds both).
 //!
 //! Needs root and the binaries of `lab/upstream/build.sh`; it fails (never skips) without
 //! them. It uses its own state and run dirs and tears the cluster down even when it fails.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -118,6 +124,93 @@ impl Drop for Cluster {
     }
 }
 
+/// The daemon, watching the real cluster; killed when dropped.
+struct Exporter {
+    child: std::process::Child,
+    listen: SocketAddr,
+    log: PathBuf,
+}
+
+impl Exporter {
+    fn start(kubeconfig: &Path) -> Exporter {
+        let binary =
+            Path::new(env!("CARGO_BIN_EXE_selfheal-lab")).with_file_name("selfheal-exporter");
+        assert!(
+            binary.exists(),
+            "{} is missing: build the workspace first (cargo test --workspace builds it)",
+            binary.display()
+        );
+        let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let dir = Path::new(STATE_DIR).join("exporter");
+        std::fs::create_dir_all(&dir).expect("exporter dir");
+        let config = dir.join("selfheal.toml");
+        std::fs::write(
+            &config,
+            format!("listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n"),
+        )
+        .expect("exporter config");
+        let log = dir.join("exporter.log");
+        let child = Command::new(&binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .env_remove("SELFHEAL_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("exporter log"))
+            .spawn()
+            .expect("starting selfheal-exporter");
+        let exporter = Exporter { child, listen, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while exporter.get("/readyz").map(|(status, _)| status) != Some(200) {
+            assert!(
+                Instant::now() < deadline,
+                "the exporter is not ready after 60 s; its log:\n{}",
+                exporter.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        exporter
+    }
+
+    /// A GET over HTTP/1.0, so the body ends with the connection (no chunking).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect_timeout(&self.listen, Duration::from_secs(2)).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_owned()))
+    }
+
+    /// The sum of the samples of `name` whose labels include every one of `labels`.
+    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
+        let (_, body) = self.get("/metrics").unwrap_or_default();
+        body.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| labels.iter().all(|label| line.contains(label)))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 const OOM_POD: &str = r#"
 apiVersion: v1
 kind: Pod
@@ -150,6 +243,7 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         .trim()
         .to_string();
     let cluster = Cluster::up(bin);
+    let exporter = Exporter::start(&cluster.kubeconfig);
     cluster.kubectl(&["apply", "-f", "-"], Some(OOM_POD));
 
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -180,6 +274,43 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         .trim()
         .to_string();
     assert_eq!(forward_now, forward_before, "IP forwarding changed");
+
+    // The daemon's count is the kubelet's: every restart the kubelet made (restartCount)
+    // is an OOMKilled restart in the daemon, and as many OOM kills at least (the current
+    // instance may already be dead again); checked once the kubelet has restarted the
+    // container twice, as in the experiment (OOM kills 1, then 2).
+    let container = r#"container="hog""#;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let pod: serde_json::Value = serde_json::from_str(
+            &cluster.kubectl(&["get", "pod", "oom", "-n", "default", "-o", "json"], None),
+        )
+        .expect("pod JSON");
+        let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let counted = exporter.sum(
+            "selfheal_container_restarts_total",
+            &[container, r#"reason="OOMKilled""#],
+        );
+        let oom_kills = exporter.sum("selfheal_container_oom_kills_total", &[container]);
+        let other = exporter.sum("selfheal_container_restarts_total", &[container]) - counted;
+        if restarts >= 2.0 && counted == restarts && oom_kills >= restarts && other == 0.0 {
+            eprintln!(
+                "kubelet restartCount {restarts}; the daemon: {counted} OOMKilled restarts, \
+                 {oom_kills} OOM kills"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon counted {counted} OOMKilled restarts ({other} others) and {oom_kills} OOM \
+             kills; the kubelet's restartCount is {restarts}; its log:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(exporter);
 
     // Tear down explicitly to check it works; the guard's second down is then a no-op.
     let out = cluster.down();
