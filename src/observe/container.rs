@@ -34,6 +34,21 @@ struct Death {
     evicted: bool,
 }
 
+impl Death {
+    /// A death with its cause decided and nothing held.
+    fn decided(key: u64, finished_at: Option<Timestamp>, cause: Cause) -> Self {
+        Death {
+            key,
+            finished_at,
+            cause,
+            undecided_until: None,
+            held_restarts: 0,
+            held_recovery_seconds: None,
+            evicted: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ContainerTracker {
     pub name: Arc<str>,
@@ -90,19 +105,11 @@ impl ContainerTracker {
         if ctx.evicted && terminated.reason.as_deref() == Some(VANISHED) {
             // The eviction took the container away: remembered, so that the restart the
             // kubelet adds for it is recognised, and counted as nothing.
-            self.remember(
-                Death {
-                    key,
-                    finished_at,
-                    cause: Cause::Unknown,
-                    undecided_until: None,
-                    held_restarts: 0,
-                    held_recovery_seconds: None,
-                    evicted: true,
-                },
-                ctx,
-                sink,
-            );
+            let death = Death {
+                evicted: true,
+                ..Death::decided(key, finished_at, Cause::Unknown)
+            };
+            self.remember(death, ctx, sink);
             return;
         }
         if terminated.container_id.is_none() && finished_at.is_none() {
@@ -118,19 +125,7 @@ impl ContainerTracker {
                 container: self.name.clone(),
                 exit_code: terminated.exit_code,
             });
-            self.remember(
-                Death {
-                    key,
-                    finished_at,
-                    cause,
-                    undecided_until: None,
-                    held_restarts: 0,
-                    held_recovery_seconds: None,
-                    evicted: false,
-                },
-                ctx,
-                sink,
-            );
+            self.remember(Death::decided(key, finished_at, cause), ctx, sink);
             return;
         }
         if matches!(cause, Cause::Error | Cause::Completed)
@@ -138,15 +133,7 @@ impl ContainerTracker {
         {
             cause = Cause::RestartRule;
         }
-        let mut death = Death {
-            key,
-            finished_at,
-            cause,
-            undecided_until: None,
-            held_restarts: 0,
-            held_recovery_seconds: None,
-            evicted: false,
-        };
+        let mut death = Death::decided(key, finished_at, cause);
         if cause.may_be_probe_kill() {
             let finished = finished_at.unwrap_or(ctx.now);
             match sink
