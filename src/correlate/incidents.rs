@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::correlate::UNKNOWN_CAUSE;
 use crate::k8s::workload::Workload;
-use crate::observe::{DeathId, IncidentUpdate};
+use crate::observe::{DeathId, IncidentUpdate, RecoveryPhases};
 
 /// Which pods a probe target sends its traffic to.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +44,9 @@ pub struct RestartIncident {
     pub killed_at: Option<Timestamp>,
     pub ready_again_at: Option<Timestamp>,
     pub time_to_recover_seconds: Option<f64>,
+    /// The time to recover split into back-off, start and readiness, once known (and
+    /// when the kubelet's times allow it).
+    pub recovery_phases: Option<RecoveryPhases>,
     #[serde(skip)]
     death: DeathId,
     #[serde(skip)]
@@ -150,6 +153,7 @@ impl IncidentLog {
                     killed_at: death.killed_at,
                     ready_again_at: None,
                     time_to_recover_seconds: None,
+                    recovery_phases: None,
                     death: death.id.clone(),
                     pod_labels: death.pod_labels.clone(),
                 });
@@ -163,10 +167,12 @@ impl IncidentLog {
                 id,
                 ready_at,
                 seconds,
+                phases,
             } => {
                 if let Some(restart) = self.find_mut(id) {
                     restart.ready_again_at = Some(*ready_at);
                     restart.time_to_recover_seconds = Some(*seconds);
+                    restart.recovery_phases = *phases;
                 }
             }
         }
@@ -330,6 +336,11 @@ mod tests {
             },
             ready_at: t(104),
             seconds: 4.0,
+            phases: Some(RecoveryPhases {
+                backoff_seconds: 0.0,
+                start_seconds: 1.0,
+                readiness_seconds: 3.0,
+            }),
         });
         // The first failed probe came 2 s after the kill (1 s interval + 2 s slack).
         let cause = log.record_outage(outage(102, 105, Some(Fronts::Workload(workload()))));
@@ -341,6 +352,10 @@ mod tests {
         };
         let restart = joined.restart.as_ref().expect("joined");
         assert_eq!(restart.time_to_recover_seconds, Some(4.0));
+        assert_eq!(
+            restart.recovery_phases.map(|p| p.readiness_seconds),
+            Some(3.0)
+        );
         assert_eq!(restart.memory_limit_bytes, Some(50_331_648));
 
         let json = serde_json::to_value(&newest).expect("serializes");

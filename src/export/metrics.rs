@@ -66,6 +66,52 @@ impl EncodeLabelSet for DisruptionLabels {
     }
 }
 
+/// A phase of a recovery (see `observe::recovery`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Phase {
+    /// The crash-loop back-off the kubelet imposed.
+    Backoff,
+    /// From the end of the back-off to the new instance's start.
+    Start,
+    /// From the start to ready.
+    Readiness,
+}
+
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Backoff, Phase::Start, Phase::Readiness];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Backoff => "backoff",
+            Phase::Start => "start",
+            Phase::Readiness => "readiness",
+        }
+    }
+}
+
+/// `{namespace, workload_kind, workload, container, reason, phase}`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PhaseLabels {
+    pub reason: ReasonLabels,
+    pub phase: Phase,
+}
+
+impl Hash for PhaseLabels {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(label_set_hash(
+            &self.reason.workload,
+            (&*self.reason.container, self.reason.reason, self.phase),
+        ));
+    }
+}
+
+impl EncodeLabelSet for PhaseLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> fmt::Result {
+        self.reason.encode(encoder)?;
+        ("phase", self.phase.as_str()).encode(encoder.encode_label())
+    }
+}
+
 /// `{namespace, workload_kind, workload, pod, container}`
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodContainerLabels {
@@ -201,6 +247,7 @@ pub struct Metrics {
     restarts: GuardedFamily<ReasonLabels, Counter>,
     oom_kills: GuardedFamily<ContainerLabels, Counter>,
     time_to_recover: GuardedFamily<ReasonLabels, Histogram, Buckets>,
+    recovery_phases: GuardedFamily<PhaseLabels, Histogram, Buckets>,
     last_exit_code: GuardedFamily<ContainerLabels, Gauge>,
     memory_limit: GuardedFamily<ContainerLabels, Gauge>,
     crashlooping: GuardedFamily<PodContainerLabels, Gauge>,
@@ -239,6 +286,17 @@ impl Metrics {
                 Export::seconds(
                     "container_time_to_recover",
                     "Time from a container's death to its restarted instance being ready",
+                ),
+                Buckets(buckets.into()),
+            ),
+            recovery_phases: GuardedFamily::register_with_constructor(
+                registry,
+                guard,
+                Export::seconds(
+                    "container_recovery_phase",
+                    "The time to recover split into its phases: the kubelet's crash-loop \
+                     back-off, the start of the new instance, its readiness (phase label); \
+                     per recovery the three add up to selfheal_container_time_to_recover_seconds",
                 ),
                 Buckets(buckets.into()),
             ),
@@ -367,11 +425,27 @@ impl Metrics {
                 container,
                 cause,
                 seconds,
+                phases,
             } => {
                 let labels = self.reason_labels(workload, container, *cause);
                 self.time_to_recover
                     .get_or_create_owned(&labels)
                     .observe(*seconds);
+                if let Some(phases) = phases {
+                    for (phase, seconds) in [
+                        (Phase::Backoff, phases.backoff_seconds),
+                        (Phase::Start, phases.start_seconds),
+                        (Phase::Readiness, phases.readiness_seconds),
+                    ] {
+                        let labels = PhaseLabels {
+                            reason: labels.clone(),
+                            phase,
+                        };
+                        self.recovery_phases
+                            .get_or_create_owned(&labels)
+                            .observe(seconds);
+                    }
+                }
             }
             Observation::CrashLooping {
                 workload,
@@ -472,6 +546,12 @@ impl Metrics {
             };
             self.restarts.remove(&labels);
             self.time_to_recover.remove(&labels);
+            for phase in Phase::ALL {
+                self.recovery_phases.remove(&PhaseLabels {
+                    reason: labels.clone(),
+                    phase,
+                });
+            }
         }
         let labels = workload_labels(workload);
         self.unavailable.remove(&labels);
@@ -568,6 +648,11 @@ mod tests {
             container: container.clone(),
             cause: Cause::OOMKilled,
             seconds: 3.0,
+            phases: Some(crate::observe::RecoveryPhases {
+                backoff_seconds: 0.5,
+                start_seconds: 0.5,
+                readiness_seconds: 2.0,
+            }),
         });
         metrics.record(&Observation::Unavailable {
             workload: w.clone(),
@@ -591,6 +676,11 @@ mod tests {
         assert!(text.contains(&format!(
             "selfheal_container_time_to_recover_seconds_bucket{{{labels},reason=\"OOMKilled\",le=\"5\"}} 1"
         )), "{text}");
+        for (phase, in_first_bucket) in [("backoff", 1), ("start", 1), ("readiness", 0)] {
+            assert!(text.contains(&format!(
+                "selfheal_container_recovery_phase_seconds_bucket{{{labels},reason=\"OOMKilled\",phase=\"{phase}\",le=\"1\"}} {in_first_bucket}"
+            )), "{phase}: {text}");
+        }
         assert!(text.contains(
             r#"selfheal_workload_unavailable_seconds_total{namespace="grade-submission",workload_kind="Pod",workload="grade-submission-api"} 2.5"#
         ));

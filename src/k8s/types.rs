@@ -65,7 +65,7 @@ pub struct ContainerSpec {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RestartRule {
-    /// `Restart` (the only action in 1.35/1.36).
+    /// `Restart`, or (1.36+, beta) `RestartAllContainers`.
     pub action: Option<String>,
     /// Which exit codes the rule matches.
     #[serde(default, deserialize_with = "nullable")]
@@ -94,13 +94,14 @@ impl RestartRule {
     }
 }
 
-/// Whether the container's own rules restart it after `exit_code`: the first rule that
-/// matches decides, as the kubelet evaluates them.
-pub fn rules_restart(rules: &[RestartRule], exit_code: i32) -> bool {
+/// The action of the container's own rules after `exit_code` (`Restart`,
+/// `RestartAllContainers`): the first rule that matches decides, as the kubelet evaluates
+/// them. `None` when no rule matches.
+pub fn rule_action(rules: &[RestartRule], exit_code: i32) -> Option<&str> {
     rules
         .iter()
         .find(|rule| rule.matches(exit_code))
-        .is_some_and(|rule| rule.action.as_deref() == Some("Restart"))
+        .and_then(|rule| rule.action.as_deref())
 }
 
 /// `resources` of a container.
@@ -185,7 +186,7 @@ pub struct ContainerStatus {
 /// At most one of running, waiting, terminated.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct ContainerState {
-    /// The container runs (its start time is not read).
+    /// The container runs.
     pub running: Option<StateRunning>,
     /// The container waits, e.g. in `CrashLoopBackOff`.
     pub waiting: Option<StateWaiting>,
@@ -193,15 +194,22 @@ pub struct ContainerState {
     pub terminated: Option<StateTerminated>,
 }
 
-/// `state.running`: its presence is what counts.
+/// `state.running`.
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct StateRunning {}
+#[serde(rename_all = "camelCase")]
+pub struct StateRunning {
+    /// When this instance started (RFC 3339): the end of a recovery's start phase.
+    pub started_at: Option<String>,
+}
 
 /// `state.waiting`.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct StateWaiting {
     /// `CrashLoopBackOff`, `ContainerCreating`, ….
     pub reason: Option<String>,
+    /// With `CrashLoopBackOff`: "back-off 40s restarting failed container=…", the
+    /// back-off the kubelet imposed.
+    pub message: Option<String>,
 }
 
 /// `state.terminated` or `lastState.terminated`.

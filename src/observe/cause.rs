@@ -4,6 +4,11 @@
 /// evicted or deleted, the node restarted): nobody saw it die.
 pub const VANISHED: &str = "ContainerStatusUnknown";
 
+/// The kubelet's reason (1.36+) for the containers it removed because another container
+/// of the pod exited with a `RestartAllContainers` rule (KEP-5532): part of that one pod
+/// restart, not deaths of their own.
+pub const RESTARTING_ALL: &str = "RestartingAllContainers";
+
 /// The cause of a container death or restart. A closed set, so that dashboards and
 /// alerts can rely on it: any kubelet reason not listed here maps to `Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -19,6 +24,10 @@ pub enum Cause {
     /// The container exited with a code its own `restartPolicyRules` restart on: a
     /// restart the workload asked for, not a crash.
     RestartRule,
+    /// A container exited with a code whose rule restarts the whole pod in place
+    /// (`RestartAllContainers`, KEP-5532), and the restarts of the other containers that
+    /// this one pod restart brought: one incident, asked for by the workload.
+    RestartAllContainers,
     Unknown,
 }
 
@@ -34,6 +43,7 @@ impl Cause {
             Cause::StartError => "StartError",
             Cause::DeadlineExceeded => "DeadlineExceeded",
             Cause::RestartRule => "RestartRule",
+            Cause::RestartAllContainers => "RestartAllContainers",
             Cause::Unknown => "Unknown",
         }
     }
@@ -78,7 +88,11 @@ impl Cause {
     pub fn may_be_probe_kill(self) -> bool {
         matches!(
             self,
-            Cause::Error | Cause::Completed | Cause::Unknown | Cause::RestartRule
+            Cause::Error
+                | Cause::Completed
+                | Cause::Unknown
+                | Cause::RestartRule
+                | Cause::RestartAllContainers
         )
     }
 }

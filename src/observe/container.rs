@@ -10,14 +10,15 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
-use super::cause::{Cause, VANISHED};
+use super::cause::{Cause, RESTARTING_ALL, VANISHED};
+use super::recovery::{self, RecoveryPhases};
 use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
-use crate::k8s::types::{ContainerStatus, RestartRule, StateTerminated, rules_restart};
+use crate::k8s::types::{ContainerStatus, RestartRule, StateTerminated, rule_action};
 
 /// Readiness seen later than this after the kubelet's Ready transition was seen late.
-const LATE: jiff::SignedDuration = jiff::SignedDuration::from_secs(3);
+const LATE: SignedDuration = SignedDuration::from_secs(3);
 
 /// A death the tracker has counted (or taken as baseline).
 #[derive(Debug)]
@@ -29,7 +30,10 @@ struct Death {
     /// restarts and recoveries caused by this death wait until then.
     undecided_until: Option<Timestamp>,
     held_restarts: u64,
-    held_recovery_seconds: Option<f64>,
+    /// A recovery (seconds, phases) held back while the cause is undecided.
+    held_recovery: Option<(f64, Option<RecoveryPhases>)>,
+    /// The back-off the kubelet stated while the container waited after this death.
+    backoff: Option<SignedDuration>,
     /// `ContainerStatusUnknown` in an evicted pod: part of the eviction, not counted.
     evicted: bool,
 }
@@ -43,7 +47,8 @@ impl Death {
             cause,
             undecided_until: None,
             held_restarts: 0,
-            held_recovery_seconds: None,
+            held_recovery: None,
+            backoff: None,
             evicted: false,
         }
     }
@@ -112,6 +117,17 @@ impl ContainerTracker {
             self.remember(death, ctx, sink);
             return;
         }
+        if terminated.reason.as_deref() == Some(RESTARTING_ALL) {
+            // Removed by the kubelet for the pod restart another container asked for: no
+            // death of its own (no incident, no exit code; 137, no ID and no times are
+            // the kubelet's filler). The restart it brings counts, with that cause.
+            self.remember(
+                Death::decided(key, finished_at, Cause::RestartAllContainers),
+                ctx,
+                sink,
+            );
+            return;
+        }
         if terminated.container_id.is_none() && finished_at.is_none() {
             sink.anomaly(Anomaly::MissingField);
         }
@@ -128,10 +144,12 @@ impl ContainerTracker {
             self.remember(Death::decided(key, finished_at, cause), ctx, sink);
             return;
         }
-        if matches!(cause, Cause::Error | Cause::Completed)
-            && rules_restart(&self.restart_rules, terminated.exit_code)
-        {
-            cause = Cause::RestartRule;
+        if matches!(cause, Cause::Error | Cause::Completed) {
+            match rule_action(&self.restart_rules, terminated.exit_code) {
+                Some("Restart") => cause = Cause::RestartRule,
+                Some("RestartAllContainers") => cause = Cause::RestartAllContainers,
+                _ => {}
+            }
         }
         let mut death = Death::decided(key, finished_at, cause);
         if cause.may_be_probe_kill() {
@@ -243,12 +261,23 @@ impl ContainerTracker {
     }
 
     fn see_crashloop(&mut self, status: &ContainerStatus, ctx: &PodContext, sink: &mut Sink) {
-        let active = status
-            .state
-            .waiting
-            .as_ref()
-            .and_then(|waiting| waiting.reason.as_deref())
-            == Some("CrashLoopBackOff");
+        let waiting = status.state.waiting.as_ref();
+        let active =
+            waiting.and_then(|waiting| waiting.reason.as_deref()) == Some("CrashLoopBackOff");
+        // The back-off belongs to the death it follows, the one in lastState.
+        if active
+            && let Some(backoff) = waiting
+                .and_then(|waiting| waiting.message.as_deref())
+                .and_then(recovery::stated_backoff)
+            && let Some(death) = status
+                .last_state
+                .terminated
+                .as_ref()
+                .map(death_key)
+                .and_then(|key| find_death_mut(&mut self.deaths, key))
+        {
+            death.backoff = Some(backoff);
+        }
         // A container that never crashlooped has no series: at 100,000 pods a zero for
         // every container was most of the exposition. Once it has, the series stays
         // (0 or 1) until the pod goes.
@@ -293,6 +322,12 @@ impl ContainerTracker {
             sink.anomaly(Anomaly::ClockSkew);
             seconds = 0.0;
         }
+        let started_at = status
+            .state
+            .running
+            .as_ref()
+            .and_then(|running| sink.parse_time(running.started_at.as_deref()));
+        let phases = recovery::split(finished_at, death.backoff, started_at, ready_at);
         sink.out
             .push(Observation::Incident(IncidentUpdate::Recovered {
                 id: DeathId {
@@ -302,15 +337,17 @@ impl ContainerTracker {
                 },
                 ready_at,
                 seconds,
+                phases,
             }));
         if death.undecided_until.is_some() {
-            death.held_recovery_seconds = Some(seconds);
+            death.held_recovery = Some((seconds, phases));
         } else {
             sink.out.push(Observation::Recovered {
                 workload: ctx.workload.clone(),
                 container: self.name.clone(),
                 cause: death.cause,
                 seconds,
+                phases,
             });
         }
     }
@@ -379,12 +416,13 @@ fn release_held(death: &mut Death, container: &Arc<str>, ctx: &PodContext, sink:
             count: std::mem::take(&mut death.held_restarts),
         });
     }
-    if let Some(seconds) = death.held_recovery_seconds.take() {
+    if let Some((seconds, phases)) = death.held_recovery.take() {
         sink.out.push(Observation::Recovered {
             workload: ctx.workload.clone(),
             container: container.clone(),
             cause: death.cause,
             seconds,
+            phases,
         });
     }
 }

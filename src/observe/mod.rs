@@ -17,6 +17,7 @@ mod attribution;
 mod cause;
 mod container;
 mod names;
+mod recovery;
 mod workloads;
 
 #[cfg(test)]
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 
 pub use cause::{Cause, Disruption, ProbeKill};
+pub use recovery::RecoveryPhases;
 
 use crate::k8s::quantity;
 use crate::k8s::sharding::Sharding;
@@ -68,12 +70,14 @@ pub enum Observation {
         cause: Cause,
         count: u64,
     },
-    /// A restarted container is ready again, `seconds` after its death.
+    /// A restarted container is ready again, `seconds` after its death; `phases` split
+    /// the seconds when the kubelet's times allow it.
     Recovered {
         workload: Arc<Workload>,
         container: Arc<str>,
         cause: Cause,
         seconds: f64,
+        phases: Option<RecoveryPhases>,
     },
     CrashLooping {
         workload: Arc<Workload>,
@@ -146,6 +150,7 @@ pub enum IncidentUpdate {
         id: DeathId,
         ready_at: Timestamp,
         seconds: f64,
+        phases: Option<RecoveryPhases>,
     },
 }
 

@@ -75,7 +75,7 @@ fn running(restarts: i64, ready: bool, last: Option<StateTerminated>) -> Contain
         restart_count: restarts,
         container_id: Some(format!("containerd://run-{restarts}")),
         state: ContainerState {
-            running: Some(StateRunning {}),
+            running: Some(StateRunning { started_at: None }),
             ..ContainerState::default()
         },
         last_state: ContainerState {
@@ -117,6 +117,7 @@ fn crashloop(restarts: i64, last: StateTerminated) -> ContainerStatus {
         state: ContainerState {
             waiting: Some(StateWaiting {
                 reason: Some("CrashLoopBackOff".into()),
+                message: None,
             }),
             ..ContainerState::default()
         },
@@ -289,6 +290,128 @@ fn experiment_timeline_counts_two_oomkills_and_two_recoveries() {
     assert_eq!(crashloop_states(&out), vec![false]);
     h.apply(&with(pod(), running(2, true, Some(d2))), 215);
     assert_eq!(recoveries(&h.take()), vec![(Cause::OOMKilled, 15.0)]);
+}
+
+/// `running`, started at `started` (the kubelet's `state.running.startedAt`).
+fn running_since(
+    restarts: i64,
+    ready: bool,
+    last: Option<StateTerminated>,
+    started: i64,
+) -> ContainerStatus {
+    let mut status = running(restarts, ready, last);
+    status.state.running = Some(StateRunning {
+        started_at: ts(started),
+    });
+    status
+}
+
+/// `crashloop`, with the kubelet's message stating the back-off.
+fn crashloop_stating(restarts: i64, last: StateTerminated, backoff: &str) -> ContainerStatus {
+    let mut status = crashloop(restarts, last);
+    status.state.waiting = Some(StateWaiting {
+        reason: Some("CrashLoopBackOff".into()),
+        message: Some(format!(
+            "back-off {backoff} restarting failed container=api pod=p_grade-submission(u)"
+        )),
+    });
+    status
+}
+
+fn phases(out: &[Observation]) -> Vec<Option<RecoveryPhases>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Observation::Recovered { phases, .. } => Some(*phases),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_recovery_splits_into_back_off_start_and_readiness_that_add_up() {
+    let pod = || mk_pod("p", "u");
+    let mut h = Harness::synced_with(&[with(pod(), running_since(0, true, None, 0))]);
+    h.take();
+    // First death: restarted at once (no back-off stated), started at 101, ready at 104.
+    let d1 = death("OOMKilled", 137, "c0", 100);
+    h.apply(&with(pod(), terminated(0, d1.clone(), None)), 100);
+    h.apply(
+        &with(pod(), running_since(1, false, Some(d1.clone()), 101)),
+        101,
+    );
+    h.apply(
+        &with(pod(), running_since(1, true, Some(d1.clone()), 101)),
+        104,
+    );
+    let out = h.take();
+    assert_eq!(recoveries(&out), vec![(Cause::OOMKilled, 4.0)]);
+    assert_eq!(
+        phases(&out),
+        vec![Some(RecoveryPhases {
+            backoff_seconds: 0.0,
+            start_seconds: 1.0,
+            readiness_seconds: 3.0,
+        })]
+    );
+    // Second death: the kubelet backs off 10s (its message says so), starts the new
+    // instance at 211, which is ready at 215.
+    let d2 = death("OOMKilled", 137, "c1", 200);
+    h.apply(&with(pod(), terminated(1, d2.clone(), Some(d1))), 200);
+    h.apply(&with(pod(), crashloop_stating(1, d2.clone(), "10s")), 201);
+    h.apply(
+        &with(pod(), running_since(2, false, Some(d2.clone()), 211)),
+        211,
+    );
+    h.apply(
+        &with(pod(), running_since(2, true, Some(d2.clone()), 211)),
+        215,
+    );
+    let out = h.take();
+    assert_eq!(recoveries(&out), vec![(Cause::OOMKilled, 15.0)]);
+    let split = phases(&out)[0].expect("phases");
+    assert_eq!(
+        split,
+        RecoveryPhases {
+            backoff_seconds: 10.0,
+            start_seconds: 1.0,
+            readiness_seconds: 4.0,
+        }
+    );
+    assert_eq!(
+        split.backoff_seconds + split.start_seconds + split.readiness_seconds,
+        15.0
+    );
+    // A status without startedAt (or a start before the death): no phases, the whole
+    // time to recover still counted.
+    let d3 = death("OOMKilled", 137, "c2", 300);
+    h.apply(&with(pod(), terminated(2, d3.clone(), Some(d2))), 300);
+    h.apply(&with(pod(), running(3, true, Some(d3))), 305);
+    let out = h.take();
+    assert_eq!(recoveries(&out), vec![(Cause::OOMKilled, 5.0)]);
+    assert_eq!(phases(&out), vec![None]);
+}
+
+#[test]
+fn a_held_recovery_keeps_its_phases_until_the_cause_is_decided() {
+    let pod = || mk_pod("p", "u");
+    let mut h = Harness::synced_with(&[with(pod(), running_since(0, true, None, 0))]);
+    h.take();
+    // Error/137 waits for a Killing Event (attribution wait, 5 s by default).
+    let d1 = death("Error", 137, "c0", 100);
+    h.apply(&with(pod(), terminated(0, d1.clone(), None)), 100);
+    h.apply(&with(pod(), running_since(1, true, Some(d1), 101)), 102);
+    assert!(phases(&h.take()).is_empty(), "held while undecided");
+    h.tick(110);
+    let out = h.take();
+    assert_eq!(recoveries(&out), vec![(Cause::Error, 2.0)]);
+    assert_eq!(
+        phases(&out),
+        vec![Some(RecoveryPhases {
+            backoff_seconds: 0.0,
+            start_seconds: 1.0,
+            readiness_seconds: 1.0,
+        })]
+    );
 }
 
 #[test]
@@ -965,6 +1088,90 @@ fn a_restart_its_own_rules_asked_for_is_not_a_crash() {
     );
     h.tick(600);
     assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
+}
+
+/// KEP-5532 as the 1.37 kubelet writes it (`pkg/kubelet/kubelet_pods.go`): `api` exits 42,
+/// which its rule answers with `RestartAllContainers`; the kubelet removes `sidecar` too,
+/// shows it waiting with a `RestartingAllContainers`/137 lastState (no ID, no times) and
+/// restartCount + 1, and sets the pod condition `AllContainersRestarting`.
+#[test]
+fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container() {
+    let mut pod = mk_pod("p", "u");
+    pod.spec.containers[0].restart_policy_rules = vec![RestartRule {
+        action: Some("RestartAllContainers".into()),
+        exit_codes: ExitCodes {
+            operator: Some("In".into()),
+            values: vec![42],
+        },
+    }];
+    pod.spec.containers.push(ContainerSpec {
+        name: "sidecar".into(),
+        ..ContainerSpec::default()
+    });
+    let named = |name: &str, mut status: ContainerStatus| {
+        status.name = name.into();
+        status
+    };
+    let both = |api: ContainerStatus, sidecar: ContainerStatus| {
+        let mut p = with(pod.clone(), api);
+        p.status.container_statuses.push(sidecar);
+        p
+    };
+    let removed = StateTerminated {
+        reason: Some("RestartingAllContainers".into()),
+        exit_code: 137,
+        finished_at: None,
+        container_id: None,
+        message: Some("The container is removed because RestartAllContainers in place".into()),
+    };
+    let mut h = Harness::synced_with(&[both(
+        running(0, true, None),
+        named("sidecar", running(0, true, None)),
+    )]);
+    h.take();
+    let exit = death("Error", 42, "c0", 100);
+    let mut sidecar_waiting = named("sidecar", crashloop(1, removed.clone()));
+    sidecar_waiting.state.waiting = Some(StateWaiting {
+        reason: Some("RestartingAllContainers".into()),
+        message: Some("The container is removed because RestartAllContainers in place".into()),
+    });
+    let mut restarting = both(terminated(0, exit.clone(), None), sidecar_waiting);
+    restarting.status.conditions.push(PodCondition {
+        type_: "AllContainersRestarting".into(),
+        status: "True".into(),
+        last_transition_time: ts(100),
+        reason: Some("RestartAllContainersStarted".into()),
+    });
+    h.apply(&restarting, 100);
+    h.apply(
+        &both(
+            running(1, true, Some(exit)),
+            named("sidecar", running(1, true, Some(removed))),
+        ),
+        103,
+    );
+    h.tick(200);
+    let out = h.take();
+    assert_eq!(
+        deaths(&out),
+        vec![(Cause::RestartAllContainers, 42)],
+        "one death: the container whose exit asked for it"
+    );
+    let records = out
+        .iter()
+        .filter(|o| matches!(o, Observation::Incident(IncidentUpdate::Death(_))))
+        .count();
+    assert_eq!(records, 1, "one incident for the pod: {out:?}");
+    assert_eq!(
+        restarts(&out),
+        vec![
+            (Cause::RestartAllContainers, 1),
+            (Cause::RestartAllContainers, 1)
+        ],
+        "both containers restarted, for that one reason"
+    );
+    assert!(anomalies(&out).is_empty(), "{out:?}");
+    assert_eq!(recoveries(&out), vec![(Cause::RestartAllContainers, 3.0)]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Probe targets discovered from Services annotated `selfheal.io/probe: "true"`.
 //!
 //! The probe goes through the Service, because that is what clients use: its cluster DNS
-//! name (default), its ClusterIP, or a node port (the lab's NodePort proxy). A target may
+//! name (default), its ClusterIP, or a node port (what clients outside the cluster use for
+//! a NodePort Service; the lab reaches its Services that way too). A target may
 //! only point at the Service itself: the annotations choose a path and a port of it,
 //! never a host. A bad annotation disables that one target, with a logged and counted
 //! error; nothing else is affected.
