@@ -30,8 +30,8 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
         POD,
         None,
         serde_json::json!({"app.kubernetes.io/name": "grade-submission", "app.kubernetes.io/component": "backend"}),
-    );
-    cluster.set_status(POD, running(0, true, None));
+    ).await;
+    cluster.set_status(POD, running(0, true, None)).await;
     let daemon = Daemon::start(&cluster, "").await;
     let scrape = daemon
         .wait_for("the container to be seen", |s| {
@@ -50,13 +50,17 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
     // First OOMKill: the kernel kills it 3 s before the kubelet restarts it, ready at once.
     let d1_at = now_s() - SignedDuration::from_secs(3);
     let d1 = death("OOMKilled", 137, "first", d1_at);
-    cluster.set_status(POD, terminated(0, d1.clone(), None));
+    cluster
+        .set_status(POD, terminated(0, d1.clone(), None))
+        .await;
     daemon
         .wait_for("the first OOMKill", |s| {
             s.get("selfheal_container_oom_kills_total", API) == Some(1.0)
         })
         .await;
-    cluster.set_status(POD, running(1, true, Some(d1.clone())));
+    cluster
+        .set_status(POD, running(1, true, Some(d1.clone())))
+        .await;
     let scrape = daemon
         .wait_for("the first recovery", |s| {
             s.get(&format!("{TTR}_count"), &with(&[("reason", "OOMKilled")])) == Some(1.0)
@@ -68,8 +72,10 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
     // Second OOMKill, with a CrashLoopBackOff before the restart.
     let d2_at = now_s() - SignedDuration::from_secs(10);
     let d2 = death("OOMKilled", 137, "second", d2_at);
-    cluster.set_status(POD, terminated(1, d2.clone(), Some(d1)));
-    cluster.set_status(POD, crashloop(1, d2.clone()));
+    cluster
+        .set_status(POD, terminated(1, d2.clone(), Some(d1)))
+        .await;
+    cluster.set_status(POD, crashloop(1, d2.clone())).await;
     let scrape = daemon
         .wait_for("the crashloop", |s| {
             s.get("selfheal_container_crashlooping", &with(&[("pod", POD)])) == Some(1.0)
@@ -79,8 +85,10 @@ async fn the_experiment_timeline_gives_two_oomkills_and_two_recoveries() {
         scrape.get("selfheal_container_oom_kills_total", API),
         Some(2.0)
     );
-    cluster.set_status(POD, running(2, false, Some(d2.clone())));
-    cluster.set_status(POD, running(2, true, Some(d2)));
+    cluster
+        .set_status(POD, running(2, false, Some(d2.clone())))
+        .await;
+    cluster.set_status(POD, running(2, true, Some(d2))).await;
     let scrape = daemon
         .wait_for("the second recovery", |s| {
             s.get(&format!("{TTR}_count"), &with(&[("reason", "OOMKilled")])) == Some(2.0)
@@ -167,14 +175,16 @@ async fn check_exposition_formats(daemon: &Daemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_the_first_list_shows_is_baseline_and_a_new_pod_is_news() {
     let cluster = Cluster::start().await;
-    cluster.create_pod(POD, None, serde_json::json!({}));
+    cluster.create_pod(POD, None, serde_json::json!({})).await;
     let old_death = death(
         "OOMKilled",
         137,
         "old",
         now_s() - SignedDuration::from_secs(600),
     );
-    cluster.set_status(POD, running(5, true, Some(old_death)));
+    cluster
+        .set_status(POD, running(5, true, Some(old_death)))
+        .await;
     let daemon = Daemon::start(&cluster, "").await;
     let scrape = daemon
         .wait_for("the container", |s| {
@@ -193,9 +203,11 @@ async fn what_the_first_list_shows_is_baseline_and_a_new_pod_is_news() {
 
     // A pod created while the daemon runs is news from its creation.
     let labels = [("workload", "late"), ("container", "api")];
-    cluster.create_pod("late", None, serde_json::json!({}));
+    cluster
+        .create_pod("late", None, serde_json::json!({}))
+        .await;
     let d = death("Error", 1, "late-0", now_s());
-    cluster.set_status("late", running(1, true, Some(d)));
+    cluster.set_status("late", running(1, true, Some(d))).await;
     let scrape = daemon
         .wait_for("the late pod's restart", |s| {
             s.get(

@@ -23,12 +23,14 @@ async fn settle() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_faults_neither_lose_nor_double_count() {
     let cluster = Cluster::start().await;
-    cluster.create_pod(POD, None, json!({}));
-    cluster.set_status(POD, running(0, true, None));
+    cluster.create_pod(POD, None, json!({})).await;
+    cluster.set_status(POD, running(0, true, None)).await;
     // A crashlooping pod, so that it has a per-pod series to lose when it is deleted.
-    cluster.create_pod("doomed", None, json!({}));
+    cluster.create_pod("doomed", None, json!({})).await;
     let doomed_death = death("Error", 1, "d0", now_s() - SignedDuration::from_secs(5));
-    cluster.set_status("doomed", crashloop(0, doomed_death));
+    cluster
+        .set_status("doomed", crashloop(0, doomed_death))
+        .await;
     let daemon = Daemon::start(&cluster, "[metrics]\nattribution_wait = \"1s\"\n").await;
     daemon
         .wait_for("the doomed pod's crashloop", |s| {
@@ -45,10 +47,14 @@ async fn watch_faults_neither_lose_nor_double_count() {
         now_s() - SignedDuration::from_secs(2),
     );
     faults.drop_watches();
-    cluster.set_status(POD, terminated(0, d1.clone(), None));
+    cluster
+        .set_status(POD, terminated(0, d1.clone(), None))
+        .await;
     settle().await;
     faults.drop_watches();
-    cluster.set_status(POD, running(1, true, Some(d1.clone())));
+    cluster
+        .set_status(POD, running(1, true, Some(d1.clone())))
+        .await;
     settle().await;
 
     // History compacted while disconnected: the resume gets 410 and the daemon relists,
@@ -56,19 +62,25 @@ async fn watch_faults_neither_lose_nor_double_count() {
     let d2 = death("OOMKilled", 137, "c1", now_s());
     faults.compact();
     faults.drop_watches();
-    cluster.set_status(POD, terminated(1, d2.clone(), Some(d1)));
+    cluster
+        .set_status(POD, terminated(1, d2.clone(), Some(d1)))
+        .await;
     // During the gap: a pod is deleted, and a new one is created and dies.
-    cluster.delete_pod("doomed");
-    cluster.create_pod("newcomer", None, json!({}));
+    cluster.delete_pod("doomed").await;
+    cluster.create_pod("newcomer", None, json!({})).await;
     let dn = death("OOMKilled", 137, "n0", now_s());
-    cluster.set_status("newcomer", running(1, true, Some(dn)));
+    cluster
+        .set_status("newcomer", running(1, true, Some(dn)))
+        .await;
     settle().await;
 
     // A burst of 500s while the watch restarts.
     faults.fail_next(4, 500);
     faults.drop_watches();
-    cluster.set_status(POD, crashloop(1, d2.clone()));
-    cluster.set_status(POD, running(2, true, Some(d2.clone())));
+    cluster.set_status(POD, crashloop(1, d2.clone())).await;
+    cluster
+        .set_status(POD, running(2, true, Some(d2.clone())))
+        .await;
     settle().await;
     faults.compact();
     faults.drop_watches();
@@ -162,8 +174,12 @@ async fn an_unreachable_api_server_is_said_plainly_and_keeps_readiness_off() {
     }
     assert_eq!(daemon.get("/healthz", None).await.map(|r| r.0), Some(200));
     assert_eq!(daemon.get("/readyz", None).await.map(|r| r.0), Some(503));
-    let scrape = daemon.scrape().await;
-    assert!(scrape.sum("selfheal_watch_errors_total", &[("resource", "pods")]) >= 1.0);
+    // The message and the counter come from different tasks: wait for the counter.
+    daemon
+        .wait_for("a counted watch error", |s| {
+            s.sum("selfheal_watch_errors_total", &[("resource", "pods")]) >= 1.0
+        })
+        .await;
     let (status, _) = daemon.terminate();
     assert!(status.success());
 }

@@ -16,7 +16,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use selfheal_lab::apiserver::{LEASES, Patch};
 use serde_json::{Value, json};
 
 const LEASE: &str = "selfheal-exporter-prober";
@@ -84,21 +83,17 @@ fn exported_series(scrape: &Scrape) -> Vec<&str> {
 
 /// The kubelet's report of the `n`th restart of the pod's container: it died with
 /// `reason`/`exit_code` just now and runs, ready, again.
-fn restart(cluster: &Cluster, n: u32, reason: &str, exit_code: i32) {
+async fn restart(cluster: &Cluster, n: u32, reason: &str, exit_code: i32) {
     let died = death(reason, exit_code, &format!("api-{n}"), now_s());
-    cluster.set_status(POD, running(n, true, Some(died)));
+    cluster.set_status(POD, running(n, true, Some(died))).await;
 }
 
-fn lease(cluster: &Cluster) -> Value {
-    cluster
-        .lab
-        .store()
-        .get(&LEASES, NS, LEASE)
-        .expect("the Lease exists")
+async fn lease(cluster: &Cluster) -> Value {
+    cluster.get(Kind::Lease, LEASE).await
 }
 
-fn holder(cluster: &Cluster) -> Option<String> {
-    lease(cluster)["spec"]["holderIdentity"]
+async fn holder(cluster: &Cluster) -> Option<String> {
+    lease(cluster).await["spec"]["holderIdentity"]
         .as_str()
         .map(str::to_owned)
 }
@@ -203,8 +198,8 @@ fn micro_time_now() -> String {
 async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_loses_the_lease() {
     let cluster = Cluster::start().await;
     let target = Flaky::start().await;
-    cluster.create_pod(POD, None, json!({}));
-    cluster.set_status(POD, running(0, true, None));
+    cluster.create_pod(POD, None, json!({})).await;
+    cluster.set_status(POD, running(0, true, None)).await;
 
     // A starts first and takes the Lease; B stands by.
     let mut a =
@@ -212,14 +207,14 @@ async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_lo
     wait_until_leading(&a, "A, alone", GENEROUS).await;
     let mut b =
         Daemon::start_with_env(&cluster, &config(target.port, LONG), &pod("replica-b")).await;
-    restart(&cluster, 1, "OOMKilled", 137);
+    restart(&cluster, 1, "OOMKilled", 137).await;
     a.wait_for("A to count the OOMKill", |s| {
         restarts(s, "OOMKilled") == Some(1.0) && oom_kills(s) == Some(1.0)
     })
     .await;
     exactly_one_exports(&a, &b, Duration::from_millis(1500)).await;
-    assert_eq!(holder(&cluster).as_deref(), Some("replica-a"));
-    let managed = &lease(&cluster)["metadata"]["managedFields"];
+    assert_eq!(holder(&cluster).await.as_deref(), Some("replica-a"));
+    let managed = &lease(&cluster).await["metadata"]["managedFields"];
     assert!(
         managed.as_array().is_some_and(|m| m
             .iter()
@@ -236,11 +231,11 @@ async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_lo
          duration {SHORT_LEASE:?})",
         killed_handover.as_secs_f64(),
     );
-    assert_eq!(holder(&cluster).as_deref(), Some("replica-b"));
+    assert_eq!(holder(&cluster).await.as_deref(), Some("replica-b"));
     let baseline = b.scrape().await;
     assert_eq!(oom_kills(&baseline), Some(0.0), "{}", baseline.text);
     assert_eq!(restarts(&baseline, "OOMKilled"), None, "{}", baseline.text);
-    restart(&cluster, 2, "Error", 1);
+    restart(&cluster, 2, "Error", 1).await;
     b.wait_for("B to count the restart after taking over", |s| {
         restarts(s, "Error") == Some(1.0)
     })
@@ -282,8 +277,8 @@ async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_lo
         "C took over {released_handover:?} after B's SIGTERM: B's lease, renewed 5 s before \
          its end, cannot have expired that soon, so it was released"
     );
-    assert_eq!(holder(&cluster).as_deref(), Some("replica-c"));
-    restart(&cluster, 3, "OOMKilled", 137);
+    assert_eq!(holder(&cluster).await.as_deref(), Some("replica-c"));
+    restart(&cluster, 3, "OOMKilled", 137).await;
     let counted = c
         .wait_for("C to count the OOMKill after taking over", |s| {
             restarts(s, "OOMKilled") == Some(1.0) && oom_kills(s) == Some(1.0)
@@ -295,16 +290,13 @@ async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_lo
     // Someone else takes the Lease: C stops at once and exits non-zero (Kubernetes then
     // restarts it as a standby), releasing nothing.
     cluster
-        .lab
-        .store()
-        .patch(
-            &LEASES,
-            NS,
+        .merge_patch(
+            Kind::Lease,
             LEASE,
-            &Patch::Merge(json!({"spec": {"holderIdentity": "intruder",
-                "renewTime": micro_time_now(), "leaseDurationSeconds": 60}})),
+            json!({"spec": {"holderIdentity": "intruder",
+                "renewTime": micro_time_now(), "leaseDurationSeconds": 60}}),
         )
-        .expect("steal the Lease");
+        .await;
     let (status, took) = c
         .wait_exit(GENEROUS)
         .await
@@ -319,7 +311,7 @@ async fn only_the_leader_exports_and_the_exporter_moves_when_it_dies_stops_or_lo
         log.contains("lost the Lease") && !log.contains("released the Lease"),
         "{log}"
     );
-    assert_eq!(holder(&cluster).as_deref(), Some("intruder"));
+    assert_eq!(holder(&cluster).await.as_deref(), Some("intruder"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

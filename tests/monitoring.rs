@@ -10,9 +10,10 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::prometheus::{Prometheus, vector};
 use common::*;
 use jiff::SignedDuration;
 use selfheal_lab::testkit::tools::{PROMETHEUS, PROMTOOL};
@@ -459,155 +460,6 @@ fn dashboards_and_rules_use_only_documented_metrics_and_panels_are_documented() 
 // A real Prometheus scraping the daemon
 // ---------------------------------------------------------------------------------------
 
-/// A Prometheus on 127.0.0.1 in a temporary directory, killed on drop.
-struct Prometheus {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    /// Scrapes the daemon on `scrape_port` every second as job `selfheal-exporter`,
-    /// with `rules` (JSON or YAML text) loaded and evaluated every second.
-    async fn start(binary: &Path, scrape_port: u16, rules: Option<&str>) -> Prometheus {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let rule_files = match rules {
-            Some(rules) => {
-                std::fs::write(dir.path().join("rules.yaml"), rules).expect("rules written");
-                "rule_files: [rules.yaml]\n"
-            }
-            None => "",
-        };
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}\
-             scrape_configs:\n  - job_name: selfheal-exporter\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config written");
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
-        let child = Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--log.level=warn")
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("prometheus starts");
-        let prometheus = Prometheus { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some((200, _)) = http_get(port, "/-/ready", None).await {
-                return prometheus;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "prometheus not ready in 30 s:\n{}",
-                prometheus.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    async fn api(&self, path: &str) -> Result<Value, String> {
-        let (status, body) = http_get(self.port, path, None)
-            .await
-            .ok_or_else(|| format!("no answer to {path}"))?;
-        let answer: Value =
-            serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
-        if answer["status"] != "success" {
-            return Err(format!(
-                "HTTP {status}: {} {}",
-                answer["errorType"], answer["error"]
-            ));
-        }
-        Ok(answer["data"].clone())
-    }
-
-    /// An instant query now; the `data` of the answer.
-    async fn query(&self, promql: &str) -> Result<Value, String> {
-        self.api(&format!("/api/v1/query?query={}", percent_encode(promql)))
-            .await
-    }
-
-    /// The samples of a vector result, as (labels, value).
-    async fn samples(&self, promql: &str) -> Vec<(Value, f64)> {
-        match self.query(promql).await {
-            Ok(data) => vector(&data),
-            Err(error) => panic!("{promql}: {error}"),
-        }
-    }
-
-    async fn wait_for(&self, what: &str, promql: &str, done: impl Fn(&[(Value, f64)]) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let samples = self.samples(promql).await;
-            if done(&samples) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for Prometheus to see {what}: {promql} = {samples:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn alerts(&self) -> Vec<Value> {
-        let data = self.api("/api/v1/alerts").await.expect("alerts");
-        data["alerts"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn vector(data: &Value) -> Vec<(Value, f64)> {
-    let value = |v: &Value| {
-        v[1].as_str()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    match data["resultType"].as_str() {
-        Some("vector") => data["result"]
-            .as_array()
-            .expect("result")
-            .iter()
-            .map(|s| (s["metric"].clone(), value(&s["value"])))
-            .collect(),
-        Some("scalar") => vec![(json!({}), value(&data["result"]))],
-        other => panic!("unexpected result type {other:?}"),
-    }
-}
-
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn api_labels(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
     let mut labels = vec![
         ("namespace", NS),
@@ -640,27 +492,26 @@ impl Lab {
         let labels = json!({"app.kubernetes.io/name": "grade-submission",
                             "app.kubernetes.io/component": "backend",
                             "app.kubernetes.io/instance": POD});
-        let pod_uid = cluster.create_pod(POD, None, labels);
-        cluster.set_status(POD, running(0, true, None));
-        cluster.create_pod(
-            PORTAL,
-            None,
-            json!({"app.kubernetes.io/name": "grade-submission"}),
-        );
-        cluster.set_status(PORTAL, running(0, true, None));
+        let pod_uid = cluster.create_pod(POD, None, labels).await;
+        cluster.set_status(POD, running(0, true, None)).await;
+        cluster
+            .create_pod(
+                PORTAL,
+                None,
+                json!({"app.kubernetes.io/name": "grade-submission"}),
+            )
+            .await;
+        cluster.set_status(PORTAL, running(0, true, None)).await;
         // A Service whose probe annotations cannot be used (a probe config error).
         cluster
-            .lab
-            .store()
             .create(
-                &selfheal_lab::apiserver::SERVICES,
-                NS,
+                Kind::Service,
                 json!({"metadata": {"name": PORTAL, "annotations": {
                            "selfheal.io/probe": "true", "selfheal.io/probe-interval": "fast"}},
                        "spec": {"type": "NodePort", "selector": {"app.kubernetes.io/name": "grade-submission"},
                                 "ports": [{"name": "http", "port": 5001, "targetPort": 5001, "nodePort": 32000}]}}),
             )
-            .expect("service created");
+            .await;
         let target = Flaky::start().await;
         let config = format!(
             "[[probes.targets]]\nname = \"{TARGET}\"\nurl = \"http://127.0.0.1:{}/grade\"\n\
@@ -713,9 +564,11 @@ impl Lab {
             .await;
         let death = death("PreemptedByTheMoon", 137, "portal-0", now_s());
         self.cluster
-            .set_status(PORTAL, terminated(0, death.clone(), None));
+            .set_status(PORTAL, terminated(0, death.clone(), None))
+            .await;
         self.cluster
-            .set_status(PORTAL, running(1, true, Some(death)));
+            .set_status(PORTAL, running(1, true, Some(death)))
+            .await;
         self.daemon
             .wait_for("an UnknownReason anomaly", |s| {
                 s.sum(
@@ -733,7 +586,8 @@ impl Lab {
         let down = Instant::now();
         let d1 = death("OOMKilled", 137, "first", now_s());
         self.cluster
-            .set_status(POD, terminated(0, d1.clone(), None));
+            .set_status(POD, terminated(0, d1.clone(), None))
+            .await;
         self.wait_metric(
             "the first OOMKill",
             "selfheal_container_oom_kills_total",
@@ -743,7 +597,8 @@ impl Lab {
         .await;
         tokio::time::sleep(Duration::from_millis(800).saturating_sub(down.elapsed())).await;
         self.cluster
-            .set_status(POD, running(1, true, Some(d1.clone())));
+            .set_status(POD, running(1, true, Some(d1.clone())))
+            .await;
         self.target.up().await;
         self.deaths.push(d1);
         self.daemon
@@ -767,8 +622,9 @@ impl Lab {
             now_s() - SignedDuration::from_secs(10),
         );
         self.cluster
-            .set_status(POD, terminated(1, d2.clone(), Some(d1)));
-        self.cluster.set_status(POD, crashloop(1, d2.clone()));
+            .set_status(POD, terminated(1, d2.clone(), Some(d1)))
+            .await;
+        self.cluster.set_status(POD, crashloop(1, d2.clone())).await;
         self.deaths.push(d2);
         self.wait_metric(
             "the crashloop",
@@ -790,8 +646,11 @@ impl Lab {
     async fn recover_from_second(&self) {
         let d2 = self.deaths[1].clone();
         self.cluster
-            .set_status(POD, running(2, false, Some(d2.clone())));
-        self.cluster.set_status(POD, running(2, true, Some(d2)));
+            .set_status(POD, running(2, false, Some(d2.clone())))
+            .await;
+        self.cluster
+            .set_status(POD, running(2, true, Some(d2)))
+            .await;
         self.wait_metric(
             "the second recovery",
             "selfheal_container_time_to_recover_seconds_count",
@@ -807,12 +666,16 @@ impl Lab {
     async fn liveness_kill_then_crashloop(&mut self) {
         let d2 = self.deaths[1].clone();
         let at = now_s();
-        self.cluster.post_liveness_kill(POD, &self.pod_uid, at);
+        self.cluster
+            .post_liveness_kill(POD, &self.pod_uid, at)
+            .await;
         let d3 = death("Error", 137, "third", at);
         self.cluster
-            .set_status(POD, terminated(2, d3.clone(), Some(d2)));
+            .set_status(POD, terminated(2, d3.clone(), Some(d2)))
+            .await;
         self.cluster
-            .set_status(POD, running(3, true, Some(d3.clone())));
+            .set_status(POD, running(3, true, Some(d3.clone())))
+            .await;
         self.wait_metric(
             "the liveness kill's restart",
             "selfheal_container_restarts_total",
@@ -822,8 +685,9 @@ impl Lab {
         .await;
         let d4 = death("Error", 1, "fourth", now_s());
         self.cluster
-            .set_status(POD, terminated(3, d4.clone(), Some(d3)));
-        self.cluster.set_status(POD, crashloop(3, d4));
+            .set_status(POD, terminated(3, d4.clone(), Some(d3)))
+            .await;
+        self.cluster.set_status(POD, crashloop(3, d4)).await;
         self.wait_metric(
             "the last crashloop",
             "selfheal_container_crashlooping",

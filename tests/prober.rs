@@ -71,8 +71,12 @@ async fn an_outage_of_the_target_is_measured_as_clients_see_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
     let cluster = Cluster::start().await;
-    cluster.create_pod("grade-submission-api", None, serde_json::json!({}));
-    cluster.set_status("grade-submission-api", running(0, true, None));
+    cluster
+        .create_pod("grade-submission-api", None, serde_json::json!({}))
+        .await;
+    cluster
+        .set_status("grade-submission-api", running(0, true, None))
+        .await;
     let mut target = Flaky::start().await;
     let config = format!(
         "[[probes.targets]]\nname = \"grade\"\nurl = \"http://127.0.0.1:{}/grade\"\ninterval = \"100ms\"\n\
@@ -91,9 +95,13 @@ async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
     target.down().await;
     let killed = now_s();
     let death = death("OOMKilled", 137, "c0", killed);
-    cluster.set_status("grade-submission-api", terminated(0, death.clone(), None));
+    cluster
+        .set_status("grade-submission-api", terminated(0, death.clone(), None))
+        .await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    cluster.set_status("grade-submission-api", running(1, true, Some(death)));
+    cluster
+        .set_status("grade-submission-api", running(1, true, Some(death)))
+        .await;
     target.up().await;
 
     daemon
@@ -131,7 +139,6 @@ async fn an_outage_is_attributed_to_the_oomkill_behind_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn annotated_services_are_discovered_and_removed() {
-    use selfheal_lab::apiserver::SERVICES;
     let cluster = Cluster::start().await;
     let target = Flaky::start().await;
     let service = |name: &str, annotations: serde_json::Value| {
@@ -141,16 +148,11 @@ async fn annotated_services_are_discovered_and_removed() {
                      "ports": [{"name": "http", "port": 3000, "targetPort": 3000, "nodePort": target.port}]}
         })
     };
-    let store = cluster.lab.store();
-    store
-        .create(&SERVICES, NS, service("api", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-path": "/health", "selfheal.io/probe-interval": "200ms"})))
-        .expect("service");
-    store
-        .create(&SERVICES, NS, service("typo", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-interval": "fast"})))
-        .expect("service");
-    store
-        .create(&SERVICES, NS, service("quiet", serde_json::json!({})))
-        .expect("service");
+    cluster.create(Kind::Service, service("api", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-path": "/health", "selfheal.io/probe-interval": "200ms"}))).await;
+    cluster.create(Kind::Service, service("typo", serde_json::json!({"selfheal.io/probe": "true", "selfheal.io/probe-interval": "fast"}))).await;
+    cluster
+        .create(Kind::Service, service("quiet", serde_json::json!({})))
+        .await;
     let config = "[metrics]\nretention = \"2s\"\n[probes]\nservice_address = \"node_port\"\n";
     let daemon = Daemon::start(&cluster, config).await;
     let api = [
@@ -173,7 +175,7 @@ async fn annotated_services_are_discovered_and_removed() {
         Some(1.0)
     );
 
-    store.delete(&SERVICES, NS, "api").expect("deleted");
+    cluster.delete(Kind::Service, "api").await;
     daemon
         .wait_for("the target's series to go after the retention", |s| {
             !s.has("selfheal_probe_up", &api) && !s.has("selfheal_probe_requests_total", &api)

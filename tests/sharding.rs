@@ -37,12 +37,14 @@ async fn two_shards_report_exactly_what_one_replica_reports() {
     for i in 0..WORKLOADS {
         let pod = format!("app-{i}-6c9f8-x");
         let labels = json!({"app": format!("app-{i}"), "pod-template-hash": "6c9f8"});
-        cluster.create_pod(
-            &pod,
-            Some(("ReplicaSet", &format!("app-{i}-6c9f8"))),
-            labels,
-        );
-        cluster.set_status(&pod, running(0, true, None));
+        cluster
+            .create_pod(
+                &pod,
+                Some(("ReplicaSet", &format!("app-{i}-6c9f8"))),
+                labels,
+            )
+            .await;
+        cluster.set_status(&pod, running(0, true, None)).await;
     }
     let whole = Daemon::start(&cluster, &probes).await;
     let mut shards = Vec::new();
@@ -56,7 +58,9 @@ async fn two_shards_report_exactly_what_one_replica_reports() {
         let pod = format!("app-{i}-6c9f8-x");
         for n in 0..=(i % 3) {
             let d = death("OOMKilled", 137, &format!("{pod}-{n}"), now_s());
-            cluster.set_status(&pod, running(n as u32 + 1, true, Some(d)));
+            cluster
+                .set_status(&pod, running(n as u32 + 1, true, Some(d)))
+                .await;
         }
     }
     let expected_total: f64 = (0..WORKLOADS).map(|i| (i % 3 + 1) as f64).sum();

@@ -1,25 +1,54 @@
 //! Test harness: a lab API server, the real daemon binary against it, and helpers that
-//! write pod status the way the kubelet does and read `/metrics` over HTTP.
+//! write objects and pod status through the Kubernetes API the way the kubelet does and
+//! read `/metrics` over HTTP.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod kubelet;
+pub mod prometheus;
+
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use selfheal_lab::apiserver::{ApiServer, ApiServerConfig, EVENTS, NAMESPACES, PODS};
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use selfheal_lab::apiserver::{ApiServer, ApiServerConfig};
 use selfheal_lab::testkit::daemon;
 use selfheal_lab::testkit::exposition::Exposition;
 use serde_json::{Value, json};
 
 pub const NS: &str = "grade-submission";
 
-/// A lab API server with the experiment's namespace.
+/// A lab API server with the experiment's namespace, and a client of it. Tests write
+/// objects and pod status through the Kubernetes API, as a kubelet or a user would (never
+/// into the lab's store), so what they prove holds for any API server.
 pub struct Cluster {
     pub lab: ApiServer,
+    pub client: kube::Client,
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+}
+
+/// The kinds the tests write.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Pod,
+    Service,
+    Event,
+    Lease,
+}
+
+impl Kind {
+    fn resource(self) -> ApiResource {
+        match self {
+            Kind::Pod => ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()),
+            Kind::Service => ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+            Kind::Event => ApiResource::erase::<k8s_openapi::api::core::v1::Event>(&()),
+            Kind::Lease => ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&()),
+        }
+    }
 }
 
 impl Cluster {
@@ -31,19 +60,95 @@ impl Cluster {
         let kubeconfig = dir.path().join("kubeconfig");
         lab.write_kubeconfig(&kubeconfig)
             .expect("kubeconfig written");
-        lab.store()
-            .create(&NAMESPACES, "", json!({"metadata": {"name": NS}}))
-            .expect("namespace created");
-        Cluster {
+        let url = lab.url().parse().expect("the lab's URL");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        let cluster = Cluster {
             lab,
+            client,
             dir,
             kubeconfig,
+        };
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(cluster.client.clone());
+        let namespace =
+            serde_json::from_value(json!({"metadata": {"name": NS}})).expect("namespace");
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("namespace created");
+        cluster
+    }
+
+    fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), NS, &kind.resource())
+    }
+
+    /// Runs `call` until the API server takes it, retrying what a kubelet's client
+    /// retries (429, 5xx, a dropped connection) for up to 10 s: the fault tests make the
+    /// lab's API server fail requests, and those hit the tests' writes too.
+    async fn retrying<T, F, Fut>(&self, what: &str, call: F) -> T
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = kube::Result<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match call().await {
+                Ok(value) => return value,
+                Err(kube::Error::Api(status))
+                    if (status.code == 429 || status.code >= 500) && Instant::now() < deadline => {}
+                Err(kube::Error::HyperError(_) | kube::Error::Service(_))
+                    if Instant::now() < deadline => {}
+                Err(error) => panic!("{what}: {error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Creates `object` (its `apiVersion` and `kind` filled in) in the test namespace;
+    /// returns it as the API server stored it.
+    pub async fn create(&self, kind: Kind, mut object: Value) -> Value {
+        let resource = kind.resource();
+        object["apiVersion"] = json!(resource.api_version);
+        object["kind"] = json!(resource.kind);
+        let object: DynamicObject = serde_json::from_value(object).expect("an object");
+        let api = self.api(kind);
+        let params = PostParams::default();
+        let created = self
+            .retrying(&format!("{kind:?} created"), || {
+                api.create(&params, &object)
+            })
+            .await;
+        serde_json::to_value(created).expect("JSON")
+    }
+
+    pub async fn get(&self, kind: Kind, name: &str) -> Value {
+        let api = self.api(kind);
+        let object = self
+            .retrying(&format!("{kind:?} {name}"), || api.get(name))
+            .await;
+        serde_json::to_value(object).expect("JSON")
+    }
+
+    /// A JSON merge patch (RFC 7386) of `name`.
+    pub async fn merge_patch(&self, kind: Kind, name: &str, patch: Value) {
+        let api = self.api(kind);
+        let patch = Patch::Merge(patch);
+        let params = PatchParams::default();
+        self.retrying(&format!("{kind:?} {name} patched"), || {
+            api.patch(name, &params, &patch)
+        })
+        .await;
     }
 
     /// Creates a pod with one container `api` (48Mi limit), optionally owned by a
     /// controller `(kind, name)`, plus `labels`. Returns its UID.
-    pub fn create_pod(&self, name: &str, owner: Option<(&str, &str)>, labels: Value) -> String {
+    pub async fn create_pod(
+        &self,
+        name: &str,
+        owner: Option<(&str, &str)>,
+        labels: Value,
+    ) -> String {
         let owners = owner.map(|(kind, owner_name)| {
             json!([{"apiVersion": "apps/v1", "kind": kind, "name": owner_name,
                     "uid": format!("uid-{owner_name}"), "controller": true}])
@@ -56,48 +161,50 @@ impl Cluster {
                 "resources": {"limits": {"memory": "48Mi", "cpu": "128m"}, "requests": {"memory": "48Mi"}}
             }]}
         });
-        let created = self
-            .lab
-            .store()
-            .create(&PODS, NS, pod)
-            .expect("pod created");
+        let created = self.create(Kind::Pod, pod).await;
         created["metadata"]["uid"]
             .as_str()
             .expect("uid assigned")
             .to_owned()
     }
 
-    /// Writes the container status of `api` and the pod's Ready condition, as the kubelet does.
-    pub fn set_status(&self, pod: &str, container_status: Value) {
+    /// Writes the container status of `api` and the pod's Ready condition, as the kubelet
+    /// does: a patch of the pod's `status` subresource.
+    pub async fn set_status(&self, pod: &str, container_status: Value) {
         let ready = container_status["ready"].as_bool().unwrap_or(false);
         let condition = if ready { "True" } else { "False" };
-        self.lab
-            .store()
-            .merge_status(
-                &PODS,
-                NS,
-                pod,
-                json!({
-                    "phase": "Running",
-                    "conditions": [
-                        {"type": "Ready", "status": condition},
-                        {"type": "ContainersReady", "status": condition}
-                    ],
-                    "containerStatuses": [container_status]
-                }),
-            )
-            .expect("status written");
+        let status = json!({"status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Ready", "status": condition},
+                {"type": "ContainersReady", "status": condition}
+            ],
+            "containerStatuses": [container_status]
+        }});
+        let api = self.api(Kind::Pod);
+        let status = Patch::Merge(status);
+        let params = PatchParams::default();
+        self.retrying(&format!("status of {pod} written"), || {
+            api.patch_status(pod, &params, &status)
+        })
+        .await;
     }
 
-    pub fn delete_pod(&self, pod: &str) {
-        self.lab
-            .store()
-            .delete(&PODS, NS, pod)
-            .expect("pod deleted");
+    pub async fn delete(&self, kind: Kind, name: &str) {
+        let api = self.api(kind);
+        let params = DeleteParams::default();
+        self.retrying(&format!("{kind:?} {name} deleted"), || {
+            api.delete(name, &params)
+        })
+        .await;
+    }
+
+    pub async fn delete_pod(&self, pod: &str) {
+        self.delete(Kind::Pod, pod).await;
     }
 
     /// Posts the kubelet's Event for a liveness-probe kill of container `api`.
-    pub fn post_liveness_kill(&self, pod: &str, pod_uid: &str, at: Timestamp) {
+    pub async fn post_liveness_kill(&self, pod: &str, pod_uid: &str, at: Timestamp) {
         let event = json!({
             "metadata": {"name": format!("{pod}.{}", at.as_second())},
             "involvedObject": {"kind": "Pod", "namespace": NS, "name": pod, "uid": pod_uid,
@@ -110,10 +217,7 @@ impl Cluster {
             "lastTimestamp": rfc3339(at),
             "source": {"component": "kubelet"}
         });
-        self.lab
-            .store()
-            .create(&EVENTS, NS, event)
-            .expect("event created");
+        self.create(Kind::Event, event).await;
     }
 }
 

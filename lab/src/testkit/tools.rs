@@ -61,10 +61,19 @@ pub const KUBERNETES_VALIDATE: Tool = Tool::new(
 pub const KUBECTL: Tool = Tool::new(
     "kubectl",
     &["version", "--client"],
-    "a kubectl from https://kubernetes.io/docs/tasks/tools/ (scripts/test will build it \
-     from upstream with lab/upstream/build.sh once that exists)",
+    "scripts/test (it builds the upstream v1.37.2 kubectl with lab/upstream/build.sh when \
+     none is installed)",
 );
+/// Alertmanager, from Debian's `prometheus-alertmanager` package (the command's name there).
+pub const ALERTMANAGER: Tool = Tool::new(
+    "prometheus-alertmanager",
+    &["--version"],
+    DEBIAN_ALERTMANAGER,
+);
+/// `amtool`, from Debian's `prometheus-alertmanager` package.
+pub const AMTOOL: Tool = Tool::new("amtool", &["--version"], DEBIAN_ALERTMANAGER);
 const DEBIAN_PROMETHEUS: &str = "scripts/test (or: apt-get install prometheus)";
+const DEBIAN_ALERTMANAGER: &str = "scripts/test (or: apt-get install prometheus-alertmanager)";
 
 /// How to give the lab's kubelet a memory cgroup (for [`require`]).
 pub const MEMORY_CGROUP: &str = "run the tests as root on Linux with the memory cgroup \
