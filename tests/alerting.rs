@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,24 +35,6 @@ const CONTAINERS: [&str; 2] = ["left", "right"];
 const POD: &str = "hog";
 /// Kernel OOM kills per container before it stops allocating.
 const KILLS: u32 = 3;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn run(command: &mut Command) -> (bool, String) {
-    let output = command.output().expect("tool runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), said)
-}
 
 /// The alert names of the shipped rule file.
 fn shipped_alerts() -> Vec<String> {

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -36,24 +35,6 @@ const DASHBOARDS: [(&str, &str); 2] = [
 ];
 /// The threshold rule the end-to-end alert test overrides, and the alert that uses it.
 const OOM_THRESHOLD: &str = "selfheal:threshold:oom_kills_1h";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-fn run(command: &mut Command) -> (bool, String) {
-    let output = command.output().expect("tool runs");
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), said)
-}
 
 // ---------------------------------------------------------------------------------------
 // Alert rules with promtool

@@ -221,6 +221,27 @@ impl Cluster {
     }
 }
 
+/// A file of the repository, by its path from the root.
+pub fn repo(path: &str) -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The text of a repository file (panics naming it when unreadable).
+pub fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Runs a local tool to completion: whether it succeeded, and what it printed.
+pub fn run(command: &mut Command) -> (bool, String) {
+    let output = command.output().expect("tool runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
 /// Whole-second RFC 3339, as the kubelet writes timestamps.
 pub fn rfc3339(at: Timestamp) -> String {
     Timestamp::from_second(at.as_second())
