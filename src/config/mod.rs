@@ -11,6 +11,8 @@
 //! are errors, so a typo never passes silently as a default.
 
 mod check;
+#[cfg(test)]
+mod props;
 mod sources;
 #[cfg(test)]
 mod tests;

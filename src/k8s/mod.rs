@@ -5,6 +5,8 @@
 pub(crate) mod client;
 pub(crate) mod health;
 pub(crate) mod names;
+#[cfg(test)]
+mod props;
 pub(crate) mod quantity;
 pub(crate) mod sharding;
 pub mod types;

@@ -21,6 +21,8 @@ mod recovery;
 mod workloads;
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};

@@ -447,6 +447,9 @@ async fn schedule(
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::correlate::incidents::IncidentLog;
