@@ -23,6 +23,13 @@ pub mod app;
 mod config;
 mod correlate;
 mod export;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
+// In the unit tests, the fuzz targets' entry points replay the committed seeds and every
+// crash found (fuzz/seeds/): the regression tests of fuzzing.
+#[cfg(all(test, not(feature = "fuzzing")))]
+mod fuzzing;
 pub mod k8s;
 mod leader;
 mod observe;

@@ -1,0 +1,6 @@
+//! Fuzz target: `selfheal_exporter::fuzzing::annotations` must never panic.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    selfheal_exporter::fuzzing::annotations(data);
+});
