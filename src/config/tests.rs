@@ -66,6 +66,7 @@ fn file_then_env_then_flags_take_precedence() {
 
         let flags = FlagOverrides {
             listen: Some("127.0.0.1:3000".parse().expect("addr")),
+            web_config_file: None,
             log_format: Some(LogFormat::Json),
             sharding: ShardingOverrides {
                 shard: Some(1),

@@ -1,13 +1,19 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text, or OpenMetrics when asked; streamed,
 //! see [`crate::export::exposition`]), `/healthz` (the process lives) and `/readyz` (every watch
 //! synced, not draining).
+//!
+//! With a web configuration ([`crate::export::web`]), `/metrics` and `/api/v1/incidents`
+//! are behind its guard (client certificate, basic auth, rate limit); `/healthz` and
+//! `/readyz` never are, so that the kubelet's probes keep working. Its headers are set
+//! on every response.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::prometheus_text;
@@ -16,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::correlate::incidents::{SharedIncidentLog, lock};
 use crate::export::exposition::{self, Format};
+use crate::export::web::auth::{self, Guard};
 use crate::k8s::health::Health;
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -29,13 +36,37 @@ pub struct AdminState {
     pub incidents: SharedIncidentLog,
 }
 
+/// The endpoints, open to everyone (no web configuration).
+#[cfg(test)]
 pub fn app(state: AdminState) -> Router {
-    Router::new()
+    app_with(state, None, Vec::new())
+}
+
+/// The endpoints, `/metrics` and `/api/v1/incidents` behind `guard`, `headers` on every
+/// response.
+pub fn app_with(
+    state: AdminState,
+    guard: Option<Arc<Guard>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Router {
+    let mut protected = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/incidents", get(incidents));
+    if let Some(guard) = guard {
+        protected = protected.route_layer(middleware::from_fn_with_state(guard, auth::protect));
+    }
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/api/v1/incidents", get(incidents))
-        .with_state(state)
+        .merge(protected)
+        .with_state(state);
+    if !headers.is_empty() {
+        app = app.layer(middleware::from_fn_with_state(
+            Arc::new(headers),
+            auth::add_headers,
+        ));
+    }
+    app
 }
 
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
