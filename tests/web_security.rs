@@ -160,7 +160,8 @@ impl Answer {
 /// How a test client connects: which CA it trusts, which certificate it presents.
 #[derive(Clone)]
 struct Client {
-    config: Arc<rustls::ClientConfig>,
+    /// `None`: plain HTTP.
+    config: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
@@ -186,8 +187,13 @@ impl Client {
         // session it resumes, not the one served now.
         config.resumption = rustls::client::Resumption::disabled();
         Client {
-            config: Arc::new(config),
+            config: Some(Arc::new(config)),
         }
+    }
+
+    /// A plain-HTTP client.
+    fn plain() -> Client {
+        Client { config: None }
     }
 
     /// GET `path` over HTTPS; `Err` when the connection or handshake fails.
@@ -197,13 +203,16 @@ impl Client {
         path: &str,
         auth: Option<(&str, &str)>,
     ) -> Result<Answer, String> {
-        use base64::Engine;
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let Some(config) = &self.config else {
+            let (head, body) = exchange(tcp, path, auth).await?;
+            return answer(&head, &body, CertificateDer::from(Vec::new()));
+        };
+        let connector = tokio_rustls::TlsConnector::from(config.clone());
         let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+        let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
             .await
             .map_err(|_| "handshake timed out".to_owned())?
             .map_err(|e| format!("handshake: {e}"))?;
@@ -214,49 +223,65 @@ impl Client {
             .and_then(|chain| chain.first())
             .map(|cert| cert.clone().into_owned())
             .ok_or("no server certificate")?;
-        let authorization = auth
-            .map(|(user, password)| {
-                let token =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                format!("Authorization: Basic {token}\r\n")
-            })
-            .unwrap_or_default();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}Connection: close\r\n\r\n"
-        );
-        tls.write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("write: {e}"))?;
-        let mut response = Vec::new();
-        // TLS 1.3 reports a client certificate refused after the handshake here.
-        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut response))
-            .await
-            .map_err(|_| "read timed out".to_owned())?
-            .map_err(|e| format!("read: {e}"))?;
-        let response = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("not HTTP: {response:?}"))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|status| status.parse().ok())
-            .ok_or_else(|| format!("no status: {head:?}"))?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Ok(Answer {
-            status,
-            head: head.to_owned(),
-            body,
-            served,
-        })
+        let (head, body) = exchange(tls, path, auth).await?;
+        answer(&head, &body, served)
     }
+}
+
+/// Writes the request, reads the whole response: its head and body.
+async fn exchange(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> Result<(String, String), String> {
+    use base64::Engine;
+    let authorization = auth
+        .map(|(user, password)| {
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            format!("Authorization: Basic {token}\r\n")
+        })
+        .unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\n{authorization}Connection: close\r\n\r\n"
+    );
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut response = Vec::new();
+    // TLS 1.3 reports a client certificate refused after the handshake here.
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .map_err(|_| "read timed out".to_owned())?
+        .map_err(|e| format!("read: {e}"))?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("not HTTP: {response:?}"))?;
+    Ok((head.to_owned(), body.to_owned()))
+}
+
+fn answer(head: &str, body: &str, served: CertificateDer<'static>) -> Result<Answer, String> {
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| format!("no status: {head:?}"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Ok(Answer {
+        status,
+        head: head.to_owned(),
+        body,
+        served,
+    })
 }
 
 fn dechunk(mut body: &str) -> String {
@@ -545,6 +570,44 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
         "restarted?"
     );
     assert_eq!(lab.daemon.child.id(), pid);
+}
+
+#[tokio::test]
+async fn basic_auth_works_without_tls_too() {
+    let web = format!(
+        "http_server_config:\n  headers:\n    X-Frame-Options: deny\n\
+         basic_auth_users:\n  {USER}: {}\n",
+        hash(PASSWORD)
+    );
+    let cluster = Cluster::start().await;
+    let path = cluster.dir.path().join("web.yml");
+    std::fs::write(&path, web).expect("written");
+    let config = format!("web_config_file = {:?}\n", path.display().to_string());
+    let daemon = Daemon::start(&cluster, &config).await; // waits for /readyz over plain HTTP
+    let client = Client::plain();
+    let ok = client
+        .get(daemon.port, "/metrics", Some((USER, PASSWORD)))
+        .await
+        .expect("answer");
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert!(ok.body.contains("selfheal_build_info"));
+    assert!(
+        !ok.body.contains("selfheal_web_tls"),
+        "no TLS, no TLS metrics"
+    );
+    assert_eq!(ok.header("x-frame-options").as_deref(), Some("deny"));
+    let refused = client
+        .get(daemon.port, "/metrics", Some((USER, "nope")))
+        .await
+        .expect("answer");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.header("www-authenticate").as_deref(), Some("Basic"));
+    let health = client
+        .get(daemon.port, "/healthz", None)
+        .await
+        .expect("answer");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.header("x-frame-options").as_deref(), Some("deny"));
 }
 
 /// Runs the binary with `args` (no cluster needed: it must stop before connecting).
