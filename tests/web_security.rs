@@ -489,6 +489,23 @@ async fn client_certificates_are_required_for_metrics_but_not_for_the_probes() {
         outcome.is_err(),
         "an unknown CA's certificate was accepted: {outcome:?}"
     );
+    // Counted (the server's side of the handshake may end a moment later).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = lab
+            .client(Some(&scraper))
+            .get(port, "/metrics", None)
+            .await
+            .expect("answer");
+        if metrics
+            .body
+            .contains("selfheal_web_tls_handshake_errors_total 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted:\n{}", metrics.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -30,6 +30,7 @@ use crate::probe::metrics::ProbeMetrics;
 use crate::probe::service_watch::ServiceWatch;
 use jiff::SignedDuration;
 use kube::Client;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -127,8 +128,9 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         Some(web) => (web.guard, web.config.headers, web.tls),
         None => (None, Vec::new(), None),
     };
+    let handshake_errors = Counter::default();
     if let Some(tls) = &tls {
-        register_tls_metrics(&mut registry, &tls.certificate);
+        register_tls_metrics(&mut registry, &tls.certificate, &handshake_errors);
     }
     let basic_auth = guard.as_ref().is_some_and(|guard| guard.has_users());
     let app = admin::app_with(
@@ -155,13 +157,14 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         }),
         Some(tls) => {
             tokio::spawn(tls.certificate.clone().watch(stopped.clone()));
-            let listener = match TlsListener::new(listener, TlsAcceptor::from(tls.config)) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::error!("listen = {}: cannot listen: {error}", config.listen);
-                    return ExitCode::from(2);
-                }
-            };
+            let listener =
+                match TlsListener::new(listener, TlsAcceptor::from(tls.config), handshake_errors) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!("listen = {}: cannot listen: {error}", config.listen);
+                        return ExitCode::from(2);
+                    }
+                };
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(shutdown)
@@ -400,8 +403,19 @@ async fn check_api_server(client: Client, api_url: String, standby: bool) {
     }
 }
 
-/// `selfheal_web_tls_reloads_total`, `selfheal_web_tls_reload_errors_total`.
-fn register_tls_metrics(registry: &mut Registry, certificate: &ReloadingCertificate) {
+/// `selfheal_web_tls_reloads_total`, `selfheal_web_tls_reload_errors_total`,
+/// `selfheal_web_tls_handshake_errors_total`.
+fn register_tls_metrics(
+    registry: &mut Registry,
+    certificate: &ReloadingCertificate,
+    handshake_errors: &Counter,
+) {
+    registry.register(
+        "web_tls_handshake_errors",
+        "TLS handshakes that failed or timed out (e.g. an untrusted client certificate, plain \
+         HTTP on the TLS port)",
+        handshake_errors.clone(),
+    );
     registry.register(
         "web_tls_reloads",
         "Times the TLS certificate and key were re-read after their files changed",

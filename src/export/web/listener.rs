@@ -1,7 +1,10 @@
 //! The listeners `axum::serve` runs on: plain TCP, or TLS with each handshake in its own
 //! task (a slow or silent client holds up no one else; handshakes time out after
 //! [`HANDSHAKE_TIMEOUT`]). Each connection comes with a [`Peer`]: its address and the
-//! client certificate it presented, which [`super::auth`] reads per request.
+//! client certificate it presented, which [`super::auth`] reads per request. Failed
+//! handshakes (an untrusted client certificate, plain HTTP on the TLS port, a client
+//! that does not trust ours and says so) are counted in
+//! `selfheal_web_tls_handshake_errors_total` and logged at debug level.
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -53,11 +57,16 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `listener` (must be called inside the runtime).
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> io::Result<TlsListener> {
+    /// Starts accepting on `listener` (must be called inside the runtime); failed and
+    /// timed-out handshakes are counted in `handshake_errors`.
+    pub fn new(
+        listener: TcpListener,
+        acceptor: TlsAcceptor,
+        handshake_errors: Counter,
+    ) -> io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (ready, handshaken) = mpsc::channel(64);
-        let accepting = tokio::spawn(accept_loop(listener, acceptor, ready));
+        let accepting = tokio::spawn(accept_loop(listener, acceptor, ready, handshake_errors));
         Ok(TlsListener {
             local,
             handshaken,
@@ -76,6 +85,7 @@ async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     ready: mpsc::Sender<(TlsStream<TcpStream>, Peer)>,
+    handshake_errors: Counter,
 ) {
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -89,6 +99,7 @@ async fn accept_loop(
         };
         let acceptor = acceptor.clone();
         let ready = ready.clone();
+        let handshake_errors = handshake_errors.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
@@ -100,8 +111,14 @@ async fn accept_loop(
                         .map(|cert| Arc::new(cert.clone().into_owned()));
                     let _ = ready.send((stream, Peer { addr, client_cert })).await;
                 }
-                Ok(Err(error)) => tracing::debug!(%addr, "web: TLS handshake failed: {error}"),
-                Err(_) => tracing::debug!(%addr, "web: TLS handshake timed out"),
+                Ok(Err(error)) => {
+                    handshake_errors.inc();
+                    tracing::debug!(%addr, "web: TLS handshake failed: {error}");
+                }
+                Err(_) => {
+                    handshake_errors.inc();
+                    tracing::debug!(%addr, "web: TLS handshake timed out");
+                }
             }
         });
     }
