@@ -197,6 +197,90 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
     }
 
+    fn secured(web_yml: &str) -> Router {
+        let config = crate::export::web::WebConfig::parse(std::path::Path::new("web.yml"), web_yml)
+            .expect("valid web config");
+        app_with(state(), Guard::new(&config), config.headers)
+    }
+
+    async fn get_as(app: Router, uri: &str, authorization: Option<&str>) -> Response {
+        let mut request = Request::get(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        app.oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("response")
+    }
+
+    #[tokio::test]
+    async fn basic_auth_guards_the_data_not_the_probes() {
+        // htpasswd writes $2y$: the same algorithm as $2b$.
+        let hash = bcrypt::hash("s3cr3t", 4)
+            .expect("hash")
+            .replacen("$2b$", "$2y$", 1);
+        let app = secured(&format!(
+            "basic_auth_users:\n  alice: {hash}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        ));
+        // alice:s3cr3t, alice:wrong, bob:s3cr3t
+        let good = "Basic YWxpY2U6czNjcjN0";
+        let wrong = "Basic YWxpY2U6d3Jvbmc=";
+        let unknown = "Basic Ym9iOnMzY3IzdA==";
+        for _ in 0..2 {
+            // The second round answers from the cache: the same outcomes.
+            let response = get_as(app.clone(), "/metrics", Some(good)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["x-frame-options"], "deny");
+            for authorization in [Some(wrong), Some(unknown), Some("Bearer x"), None] {
+                for uri in ["/metrics", "/api/v1/incidents"] {
+                    let response = get_as(app.clone(), uri, authorization).await;
+                    assert_eq!(
+                        response.status(),
+                        StatusCode::UNAUTHORIZED,
+                        "{uri} {authorization:?}"
+                    );
+                    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Basic");
+                    assert_eq!(response.headers()["x-frame-options"], "deny");
+                }
+            }
+        }
+        for uri in ["/healthz", "/readyz"] {
+            let response = get_as(app.clone(), uri, None).await;
+            assert_ne!(response.status(), StatusCode::UNAUTHORIZED, "{uri}");
+            assert_eq!(response.headers()["x-frame-options"], "deny");
+        }
+        // An unknown path is a 404, not a 401.
+        let response = get_as(app, "/nothing", None).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_applies_to_the_data_only() {
+        let app = secured("rate_limit:\n  interval: 1h\n  burst: 2\n");
+        for expected in [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            let response = get_as(app.clone(), "/api/v1/incidents", None).await;
+            assert_eq!(response.status(), expected);
+        }
+        let response = get_as(app, "/healthz", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_required_client_certificate_guards_the_data_not_the_probes() {
+        let app = secured(
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequireAnyClientCert\n",
+        );
+        // No connection info with a certificate: refused.
+        let response = get_as(app.clone(), "/metrics", None).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let response = get_as(app, "/healthz", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
     #[tokio::test]
     async fn readiness_follows_watches_and_shutdown() {
         let state = state();

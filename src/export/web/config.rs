@@ -717,10 +717,7 @@ impl File<'_> {
                     "not a duration (e.g. 100ms, 1s, 1m30s)",
                 )
             })?,
-            Some(value @ Value::Number(number)) if number.as_u64() == Some(0) => {
-                let _ = value;
-                Duration::ZERO
-            }
+            Some(Value::Number(number)) if number.as_u64() == Some(0) => Duration::ZERO,
             Some(value) => {
                 return Err(self.at(
                     dotted(prefix, "interval"),
