@@ -420,6 +420,11 @@ async fn basic_auth_over_https_refuses_a_wrong_password() {
     assert_eq!(http_get(port, "/healthz", None).await, None);
     let log = lab.daemon.log();
     assert!(log.contains("TLS on"), "{log}");
+    // The TLS server drains like the plain one: SIGTERM, exit 0 within the 5 s budget.
+    let mut lab = lab;
+    let (status, took) = lab.daemon.terminate();
+    assert!(status.success(), "{status:?}; log:\n{}", lab.daemon.log());
+    assert!(took < Duration::from_secs(5), "{took:?}");
     drop(lab.cluster);
 }
 

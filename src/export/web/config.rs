@@ -529,7 +529,7 @@ impl File<'_> {
         if client_ca.is_some() && client_auth == ClientAuth::NoClientCert {
             return Err(self.at(
                 dotted(prefix, "client_auth_type"),
-                Some(&Value::String(auth_name.unwrap_or_default())),
+                auth_name.map(Value::String).as_ref(),
                 "a client CA is configured without a client auth type that asks for \
                  certificates (e.g. RequireAndVerifyClientCert)",
             ));

@@ -285,7 +285,7 @@ fn incomplete_or_contradictory_tls_is_refused() {
         ),
         (
             "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_ca_file: ca\n",
-            "tls_server_config.client_auth_type = \"\": a client CA is configured without",
+            "tls_server_config.client_auth_type: a client CA is configured without",
         ),
         (
             "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequireAndVerifyClientCert\n",
