@@ -23,7 +23,7 @@ use rcgen::{
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use selfheal_lab::testkit::tools::PROMETHEUS;
+use selfheal_lab::testkit::tools::{PROMETHEUS, PROMTOOL};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -388,6 +388,33 @@ async fn basic_auth_over_https_refuses_a_wrong_password() {
         ok.header("x-content-type-options").as_deref(),
         Some("nosniff")
     );
+    // The TLS metrics pass promtool's lint like the rest.
+    if let Some(promtool) = PROMTOOL.require_path("lint the exposition served over HTTPS") {
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(ok.body.as_bytes())
+            .expect("written");
+        let output = child.wait_with_output().expect("promtool ends");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            output.status.success() && said.trim().is_empty(),
+            "promtool check metrics:\n{said}"
+        );
+    }
     assert_eq!(ok.served, lab.volume_served_first());
     let incidents = client
         .get(port, "/api/v1/incidents", Some((USER, PASSWORD)))
