@@ -538,4 +538,24 @@ mod tests {
         server.certificate.check();
         assert_eq!(server.certificate.reload_errors.get(), 1);
     }
+
+    #[test]
+    fn allowed_sans_match_dns_names_and_ip_addresses_exactly() {
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "prometheus.monitoring.svc".to_owned(),
+            "10.0.0.7".to_owned(),
+        ])
+        .expect("cert");
+        let der = cert.cert.der();
+        let allowed = |sans: &[&str]| {
+            let sans: Vec<String> = sans.iter().map(|&san| san.to_owned()).collect();
+            has_allowed_san(der, &sans)
+        };
+        assert!(allowed(&["prometheus.monitoring.svc"]));
+        assert!(allowed(&["other", "10.0.0.7"]));
+        assert!(!allowed(&["monitoring.svc"]), "no suffix match");
+        assert!(!allowed(&["*.monitoring.svc"]), "no wildcard match");
+        assert!(!allowed(&["10.0.0.8", "prometheus"]));
+        assert!(!allowed(&[]));
+    }
 }
