@@ -35,9 +35,15 @@ enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964]
-    #[arg(long, value_name = "ADDR")]
+    /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964]; `:PORT` is
+    /// every interface. --web.listen-address is the same flag (exporter-toolkit's name);
+    /// giving both is an error
+    #[arg(long, visible_alias = "web.listen-address", value_name = "ADDR", value_parser = listen_address)]
     pub listen: Option<SocketAddr>,
+    /// Web configuration file of the Prometheus exporter-toolkit (TLS, client
+    /// certificates, basic auth, headers), as node_exporter reads it
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
     /// Kubeconfig file(s); without it: in-cluster config in a pod, else ~/.kube/config
     #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<String>,
@@ -57,6 +63,17 @@ pub struct RunArgs {
     /// How many shards split the cluster [default: 1]
     #[arg(long, value_name = "N")]
     pub total_shards: Option<u32>,
+}
+
+/// `--listen`, `--web.listen-address`: `HOST:PORT`, or Go's `:PORT` for every interface
+/// (as node_exporter's `--web.listen-address=:9100`).
+fn listen_address(flag: &str) -> Result<SocketAddr, String> {
+    let full = match flag.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => flag.to_owned(),
+    };
+    full.parse()
+        .map_err(|error| format!("{flag:?}: expected HOST:PORT or :PORT ({error})"))
 }
 
 /// `--shard`: a number, or `auto` for a StatefulSet pod's ordinal.
@@ -85,6 +102,9 @@ struct CheckConfigArgs {
     /// Config file, TOML or YAML by extension
     #[arg(long, env = "SELFHEAL_CONFIG", value_name = "PATH")]
     config: Option<PathBuf>,
+    /// Web configuration file to check too (else the config's web_config_file, if set)
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
 }
 
 /// Parses the command line and runs the subcommand; the exit code says how it went
@@ -99,12 +119,19 @@ pub fn main() -> ExitCode {
 }
 
 fn check_config(args: CheckConfigArgs) -> ExitCode {
-    match Settings::load(args.config.as_deref(), &FlagOverrides::default()) {
+    let flags = FlagOverrides {
+        web_config_file: args.web_config_file,
+        ..FlagOverrides::default()
+    };
+    match Settings::load(args.config.as_deref(), &flags) {
         Ok(settings) => {
             for warning in &settings.warnings {
                 eprintln!("warning: {warning}");
             }
             print!("{}", settings.config.to_toml());
+            if let Some(web) = &settings.web {
+                println!("# {}", web.summary());
+            }
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -124,6 +151,7 @@ fn run(args: RunArgs) -> ExitCode {
     };
     let flags = FlagOverrides {
         listen: args.listen,
+        web_config_file: args.web_config_file,
         log_format: args.log_format,
         sharding: ShardingOverrides {
             shard,
@@ -143,6 +171,9 @@ fn run(args: RunArgs) -> ExitCode {
     }
     for warning in &settings.warnings {
         tracing::warn!("{warning}");
+    }
+    if let Some(web) = &settings.web {
+        tracing::info!("{}", web.summary());
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

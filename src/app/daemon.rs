@@ -17,6 +17,8 @@ use crate::export::admin::{self, AdminState};
 use crate::export::cardinality::CardinalityGuard;
 use crate::export::exposition;
 use crate::export::metrics::{Metrics, register_build_info};
+use crate::export::web::listener::{Peer, TlsListener};
+use crate::export::web::tls::ReloadingCertificate;
 use crate::k8s::client::kube_config;
 use crate::k8s::health::Health;
 use crate::k8s::watch::{Scope, WatchMetrics};
@@ -28,9 +30,11 @@ use crate::probe::metrics::ProbeMetrics;
 use crate::probe::service_watch::ServiceWatch;
 use jiff::SignedDuration;
 use kube::Client;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 /// The whole shutdown must finish well inside Kubernetes' default 30 s grace period;
 /// we promise 5 s.
@@ -50,6 +54,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         probe_specs,
         leader: leader_election,
         warnings: _,
+        web,
     } = settings;
     let kube = match kube_config(access.kubeconfig.as_deref(), access.context.as_deref()).await {
         Ok(kube) => kube,
@@ -119,22 +124,58 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
 
     let (stop, stopped) = watch::channel(false);
     let aborted_scrapes = exposition::register_aborted_scrapes(&mut registry);
-    let app = admin::app(AdminState {
-        registry: Arc::new(registry),
-        aborted_scrapes,
-        health: health.clone(),
-        incidents: incidents.clone(),
-    });
+    let (guard, headers, tls) = match web {
+        Some(web) => (web.guard, web.config.headers, web.tls),
+        None => (None, Vec::new(), None),
+    };
+    let handshake_errors = Counter::default();
+    if let Some(tls) = &tls {
+        register_tls_metrics(&mut registry, &tls.certificate, &handshake_errors);
+    }
+    let basic_auth = guard.as_ref().is_some_and(|guard| guard.has_users());
+    let app = admin::app_with(
+        AdminState {
+            registry: Arc::new(registry),
+            aborted_scrapes,
+            health: health.clone(),
+            incidents: incidents.clone(),
+        },
+        guard,
+        headers,
+    )
+    .into_make_service_with_connect_info::<Peer>();
     let mut server_stop = stopped.clone();
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
+    let shutdown = async move {
+        let _ = server_stop.wait_for(|stop| *stop).await;
+    };
+    let https = tls.is_some();
+    let mut server = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }),
+        Some(tls) => {
+            tokio::spawn(tls.certificate.clone().watch(stopped.clone()));
+            let listener =
+                match TlsListener::new(listener, TlsAcceptor::from(tls.config), handshake_errors) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!("listen = {}: cannot listen: {error}", config.listen);
+                        return ExitCode::from(2);
+                    }
+                };
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
             })
-            .await
-    });
+        }
+    };
     tracing::info!(
         listen = %config.listen,
+        https,
+        basic_auth,
         %api_url,
         version = env!("CARGO_PKG_VERSION"),
         shard = config.sharding.shard,
@@ -360,6 +401,32 @@ async fn check_api_server(client: Client, api_url: String, standby: bool) {
             "cannot reach the Kubernetes API server at {api_url}: no answer in 10 s; {consequence}"
         ),
     }
+}
+
+/// `selfheal_web_tls_reloads_total`, `selfheal_web_tls_reload_errors_total`,
+/// `selfheal_web_tls_handshake_errors_total`.
+fn register_tls_metrics(
+    registry: &mut Registry,
+    certificate: &ReloadingCertificate,
+    handshake_errors: &Counter,
+) {
+    registry.register(
+        "web_tls_handshake_errors",
+        "TLS handshakes that failed or timed out (e.g. an untrusted client certificate, plain \
+         HTTP on the TLS port)",
+        handshake_errors.clone(),
+    );
+    registry.register(
+        "web_tls_reloads",
+        "Times the TLS certificate and key were re-read after their files changed",
+        certificate.reloads.clone(),
+    );
+    registry.register(
+        "web_tls_reload_errors",
+        "Changed TLS certificate or key files that could not be used (the previous \
+         certificate is still served)",
+        certificate.reload_errors.clone(),
+    );
 }
 
 fn signed(duration: Duration) -> SignedDuration {

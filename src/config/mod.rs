@@ -27,6 +27,7 @@ use thiserror::Error;
 
 pub use crate::correlate::config::IncidentsConfig;
 pub use crate::export::config::MetricsConfig;
+use crate::export::web::{WebConfigError, WebSecurity};
 use crate::k8s::sharding::Sharding;
 pub use crate::k8s::watch::WatchConfig;
 use crate::leader::LeaderSettings;
@@ -47,6 +48,10 @@ const DEPRECATED_LEADER_ELECTION: &str = "probes.leader_election";
 pub struct Config {
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     pub listen: SocketAddr,
+    /// The exporter-toolkit web configuration file (TLS, basic auth, headers) for the
+    /// HTTP server; flag --web.config.file. Unset: plain HTTP, open to all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_config_file: Option<PathBuf>,
     pub log_format: LogFormat,
     pub watch: WatchConfig,
     pub metrics: MetricsConfig,
@@ -73,6 +78,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 9964)),
+            web_config_file: None,
             log_format: LogFormat::Text,
             watch: WatchConfig::default(),
             metrics: MetricsConfig::default(),
@@ -89,6 +95,8 @@ impl Default for Config {
 pub struct FlagOverrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_config_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     #[serde(skip_serializing_if = "ShardingOverrides::is_empty")]
@@ -111,6 +119,9 @@ impl ShardingOverrides {
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
+    /// The web configuration file (`web_config_file`).
+    #[error(transparent)]
+    Web(#[from] WebConfigError),
     #[error("config file {path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -135,6 +146,9 @@ pub struct Settings {
     pub leader: Option<LeaderSettings>,
     /// One line per deprecated key in use, for the log.
     pub warnings: Vec<String>,
+    /// The web configuration file, loaded and checked (certificate and key included);
+    /// `None` without `web_config_file`.
+    pub web: Option<WebSecurity>,
 }
 
 impl Settings {
@@ -193,11 +207,16 @@ impl Settings {
             std::env::var(name).ok()
         })?;
         let leader = LeaderSettings::from_config(&config.leader_election);
+        let web = match &config.web_config_file {
+            Some(path) => Some(WebSecurity::load(path)?),
+            None => None,
+        };
         Ok(Settings {
             config,
             probe_specs,
             leader,
             warnings,
+            web,
         })
     }
 }

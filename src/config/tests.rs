@@ -66,6 +66,7 @@ fn file_then_env_then_flags_take_precedence() {
 
         let flags = FlagOverrides {
             listen: Some("127.0.0.1:3000".parse().expect("addr")),
+            web_config_file: None,
             log_format: Some(LogFormat::Json),
             sharding: ShardingOverrides {
                 shard: Some(1),
@@ -429,6 +430,48 @@ fn the_effective_config_round_trips_through_toml() {
         jail.create_file("out.toml", &config.to_toml())?;
         let again = load(jail, Some("out.toml"), &FlagOverrides::default())?;
         assert_eq!(again, config);
+        Ok(())
+    });
+}
+
+#[test]
+fn the_web_config_file_comes_from_the_file_the_environment_or_the_flag_and_is_checked() {
+    Jail::expect_with(|jail| {
+        jail.create_file("web.yml", "http_server_config:\n  http2: false\n")?;
+        jail.create_file("bad.yml", "basic_auth_users:\n  alice: plain\n")?;
+        let web = jail.directory().join("web.yml");
+        let bad = jail.directory().join("bad.yml");
+        let none = load_settings(jail, None, &FlagOverrides::default())?;
+        assert!(none.web.is_none() && none.config.web_config_file.is_none());
+
+        jail.create_file(
+            "c.toml",
+            &format!("web_config_file = {:?}\n", web.display().to_string()),
+        )?;
+        let from_file = load_settings(jail, Some("c.toml"), &FlagOverrides::default())?;
+        assert!(!from_file.web.expect("loaded").config.http2);
+
+        jail.set_env("SELFHEAL_WEB_CONFIG_FILE", bad.display().to_string());
+        let error = load_settings(jail, Some("c.toml"), &FlagOverrides::default())
+            .expect_err("the environment wins, and its file is bad");
+        assert!(
+            error.starts_with(&format!(
+                "web config {}: basic_auth_users.alice: not a bcrypt hash",
+                bad.display()
+            )),
+            "{error}"
+        );
+
+        let flags = FlagOverrides {
+            web_config_file: Some(web.clone()),
+            ..FlagOverrides::default()
+        };
+        let from_flag = load_settings(jail, Some("c.toml"), &flags)?;
+        assert_eq!(
+            from_flag.config.web_config_file.as_deref(),
+            Some(web.as_path())
+        );
+        assert!(from_flag.config.to_toml().contains("web_config_file = "));
         Ok(())
     });
 }

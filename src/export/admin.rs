@@ -1,13 +1,19 @@
 //! The HTTP endpoints: `/metrics` (Prometheus text, or OpenMetrics when asked; streamed,
 //! see [`crate::export::exposition`]), `/healthz` (the process lives) and `/readyz` (every watch
 //! synced, not draining).
+//!
+//! With a web configuration ([`crate::export::web`]), `/metrics` and `/api/v1/incidents`
+//! are behind its guard (client certificate, basic auth, rate limit); `/healthz` and
+//! `/readyz` never are, so that the kubelet's probes keep working. Its headers are set
+//! on every response.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus_client::encoding::prometheus_text;
@@ -16,6 +22,7 @@ use prometheus_client::registry::Registry;
 
 use crate::correlate::incidents::{SharedIncidentLog, lock};
 use crate::export::exposition::{self, Format};
+use crate::export::web::auth::{self, Guard};
 use crate::k8s::health::Health;
 
 const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -29,13 +36,37 @@ pub struct AdminState {
     pub incidents: SharedIncidentLog,
 }
 
+/// The endpoints, open to everyone (no web configuration).
+#[cfg(test)]
 pub fn app(state: AdminState) -> Router {
-    Router::new()
+    app_with(state, None, Vec::new())
+}
+
+/// The endpoints, `/metrics` and `/api/v1/incidents` behind `guard`, `headers` on every
+/// response.
+pub fn app_with(
+    state: AdminState,
+    guard: Option<Arc<Guard>>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+) -> Router {
+    let mut protected = Router::new()
         .route("/metrics", get(metrics))
+        .route("/api/v1/incidents", get(incidents));
+    if let Some(guard) = guard {
+        protected = protected.route_layer(middleware::from_fn_with_state(guard, auth::protect));
+    }
+    let mut app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/api/v1/incidents", get(incidents))
-        .with_state(state)
+        .merge(protected)
+        .with_state(state);
+    if !headers.is_empty() {
+        app = app.layer(middleware::from_fn_with_state(
+            Arc::new(headers),
+            auth::add_headers,
+        ));
+    }
+    app
 }
 
 async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
@@ -164,6 +195,90 @@ mod tests {
         assert_eq!(body, r#"{"incidents":[]}"#);
         let (status, _, _) = get(app(state()), "/api/v1/incidents?limit=many", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    fn secured(web_yml: &str) -> Router {
+        let config = crate::export::web::WebConfig::parse(std::path::Path::new("web.yml"), web_yml)
+            .expect("valid web config");
+        app_with(state(), Guard::new(&config), config.headers)
+    }
+
+    async fn get_as(app: Router, uri: &str, authorization: Option<&str>) -> Response {
+        let mut request = Request::get(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        app.oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("response")
+    }
+
+    #[tokio::test]
+    async fn basic_auth_guards_the_data_not_the_probes() {
+        // htpasswd writes $2y$: the same algorithm as $2b$.
+        let hash = bcrypt::hash("s3cr3t", 4)
+            .expect("hash")
+            .replacen("$2b$", "$2y$", 1);
+        let app = secured(&format!(
+            "basic_auth_users:\n  alice: {hash}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n"
+        ));
+        // alice:s3cr3t, alice:wrong, bob:s3cr3t
+        let good = "Basic YWxpY2U6czNjcjN0";
+        let wrong = "Basic YWxpY2U6d3Jvbmc=";
+        let unknown = "Basic Ym9iOnMzY3IzdA==";
+        for _ in 0..2 {
+            // The second round answers from the cache: the same outcomes.
+            let response = get_as(app.clone(), "/metrics", Some(good)).await;
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["x-frame-options"], "deny");
+            for authorization in [Some(wrong), Some(unknown), Some("Bearer x"), None] {
+                for uri in ["/metrics", "/api/v1/incidents"] {
+                    let response = get_as(app.clone(), uri, authorization).await;
+                    assert_eq!(
+                        response.status(),
+                        StatusCode::UNAUTHORIZED,
+                        "{uri} {authorization:?}"
+                    );
+                    assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Basic");
+                    assert_eq!(response.headers()["x-frame-options"], "deny");
+                }
+            }
+        }
+        for uri in ["/healthz", "/readyz"] {
+            let response = get_as(app.clone(), uri, None).await;
+            assert_ne!(response.status(), StatusCode::UNAUTHORIZED, "{uri}");
+            assert_eq!(response.headers()["x-frame-options"], "deny");
+        }
+        // An unknown path is a 404, not a 401.
+        let response = get_as(app, "/nothing", None).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_applies_to_the_data_only() {
+        let app = secured("rate_limit:\n  interval: 1h\n  burst: 2\n");
+        for expected in [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+        ] {
+            let response = get_as(app.clone(), "/api/v1/incidents", None).await;
+            assert_eq!(response.status(), expected);
+        }
+        let response = get_as(app, "/healthz", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn a_required_client_certificate_guards_the_data_not_the_probes() {
+        let app = secured(
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequireAnyClientCert\n",
+        );
+        // No connection info with a certificate: refused.
+        let response = get_as(app.clone(), "/metrics", None).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let response = get_as(app, "/healthz", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@
 //! schemas and the prometheus-operator objects), `helm_chart`, `rbac`, `check_config` (the
 //! embedded config passes `selfheal-exporter check-config`), `pod` (hardening, sizing,
 //! probes, image tag), `sharding`, `copies` (the rules and dashboards shipped unchanged),
-//! `dockerfile`, `readme_snippets` (deploy/README.md's tested snippets).
+//! `dockerfile`, `readme_snippets` (deploy/README.md's tested snippets), `tls` (HTTPS,
+//! basic auth and the ServiceMonitor that scrapes them).
 
 mod check_config;
 mod command;
@@ -34,4 +35,5 @@ mod render;
 mod rendering;
 mod schemas;
 mod sharding;
+mod tls;
 mod yaml;

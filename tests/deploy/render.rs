@@ -16,6 +16,7 @@ pub(crate) const BASE: &str = "deploy/kustomize/base";
 pub(crate) const OPERATOR: &str = "deploy/kustomize/overlays/prometheus-operator";
 pub(crate) const SHARDED: &str = "deploy/kustomize/overlays/sharded";
 pub(crate) const LEADER_ELECTED: &str = "deploy/kustomize/overlays/leader-elected";
+pub(crate) const TLS: &str = "deploy/kustomize/overlays/tls";
 pub(crate) const CHART: &str = "deploy/helm/selfheal-exporter";
 
 /// The Kubernetes versions every rendered manifest is validated against: the oldest the
@@ -117,15 +118,18 @@ pub(crate) fn helm_in(dir: &Path, args: &[&str]) -> Ran {
 }
 
 /// The chart's values files under test: the defaults and each ci/*-values.yaml.
-pub(crate) const HELM_VALUES: [Option<&str>; 5] = [
+pub(crate) const HELM_VALUES: [Option<&str>; 6] = [
     None,
     Some("ci/all-enabled-values.yaml"),
     Some("ci/namespaced-values.yaml"),
     Some("ci/sharded-values.yaml"),
     Some("ci/leader-elected-values.yaml"),
+    Some("ci/tls-values.yaml"),
 ];
 /// The values file that renders the sharded StatefulSet.
 pub(crate) const HELM_SHARDED: Option<&str> = HELM_VALUES[3];
+/// The values file that serves HTTPS with client certificates and basic auth.
+pub(crate) const HELM_TLS: Option<&str> = HELM_VALUES[5];
 
 /// `helm template` of the chart as the release `selfheal-exporter` in `selfheal-system`.
 pub(crate) const HELM_TEMPLATE: [&str; 5] = [
@@ -153,7 +157,7 @@ fn helm_template(values: Option<&str>) -> Render {
 // skipping was asked for (`SKIP_MISSING_TOOLS`).
 
 /// The Kustomize directories under test: the base, then each overlay.
-pub(crate) const KUSTOMIZATIONS: [&str; 4] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED];
+pub(crate) const KUSTOMIZATIONS: [&str; 5] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED, TLS];
 
 /// `kubectl kustomize` of one of `KUSTOMIZATIONS`.
 pub(crate) fn kustomization(dir: &str) -> Option<&'static Render> {

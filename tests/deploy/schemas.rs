@@ -19,7 +19,7 @@ const CRD_GROUP: &str = "monitoring.coreos.com/v1";
 /// Runs kubernetes-validate (strict: unknown fields are errors) on `render` for every
 /// version of KUBERNETES_VERSIONS. Objects of monitoring.coreos.com (no schema there) are
 /// checked by `check_service_monitor` and `check_prometheus_rule` instead.
-fn validate_against_schemas(render: &Render) {
+pub(crate) fn validate_against_schemas(render: &Render) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = write_temp(&dir, "rendered.yaml", &render.text);
     let core = render
@@ -133,7 +133,7 @@ pub(crate) fn labels_of(object: &Value, pointer: &str) -> BTreeMap<String, Strin
 }
 
 /// The ServiceMonitor is well-formed and selects the exporter's Service and its port.
-fn check_service_monitor(render: &Render, monitor: &Value) {
+pub(crate) fn check_service_monitor(render: &Render, monitor: &Value) {
     let what = format!("{}: {}", render.what, id(monitor));
     assert_eq!(str_of(monitor, "/apiVersion"), CRD_GROUP, "{what}");
     assert!(
@@ -204,6 +204,7 @@ fn check_service_monitor(render: &Render, monitor: &Value) {
                 "metricRelabelings",
                 "params",
                 "tlsConfig",
+                "basicAuth",
             ],
             &what,
         );

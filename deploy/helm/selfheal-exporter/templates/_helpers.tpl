@@ -143,3 +143,49 @@ The rules RBAC grants on namespaced resources: read-only.
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+Whether the daemon runs with a web configuration file (TLS or basic auth or headers).
+*/}}
+{{- define "selfheal-exporter.webConfigured" -}}
+{{- if or .Values.web.tls.enabled .Values.web.basicAuth.users .Values.web.headers -}}
+true
+{{- end -}}
+{{- end }}
+
+{{/*
+The exporter-toolkit web configuration file (Secret <fullname>-web).
+*/}}
+{{- define "selfheal-exporter.webConfig" -}}
+{{- $web := .Values.web -}}
+{{- if $web.tls.enabled }}
+tls_server_config:
+  cert_file: /etc/selfheal-tls/tls.crt
+  key_file: /etc/selfheal-tls/tls.key
+  client_auth_type: {{ $web.tls.clientAuthType | default "NoClientCert" }}
+  {{- if has ($web.tls.clientAuthType | default "") (list "VerifyClientCertIfGiven" "RequireAndVerifyClientCert") }}
+  client_ca_file: /etc/selfheal-tls/ca.crt
+  {{- end }}
+  min_version: {{ $web.tls.minVersion | default "TLS12" }}
+{{- end }}
+{{- with $web.headers }}
+http_server_config:
+  headers:
+    {{- toYaml . | nindent 4 }}
+{{- end }}
+{{- with $web.basicAuth.users }}
+basic_auth_users:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+A probe (livenessProbe/readinessProbe values) with scheme HTTPS when TLS is on.
+*/}}
+{{- define "selfheal-exporter.probe" -}}
+{{- $probe := deepCopy .probe -}}
+{{- if and .tls (hasKey $probe "httpGet") -}}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" -}}
+{{- end -}}
+{{- toYaml $probe -}}
+{{- end }}
