@@ -191,8 +191,7 @@ async fn the_probe_sees_the_outage_the_users_saw_and_names_the_oomkill() {
     let mut outage_windows = Vec::new();
     let mut rounds = Vec::new();
     for round in 1..=5 {
-        let mut load =
-            LoadConfig::new("http://127.0.0.1:31000/grade", 80, Duration::from_secs(15));
+        let mut load = LoadConfig::new("http://127.0.0.1:31000/grade", 80, Duration::from_secs(15));
         load.think = Duration::from_millis(20);
         let report = run_load(load, |_| {}).await.expect("load runs");
         eprintln!(

@@ -1,0 +1,336 @@
+//! The node agent's glue: pods in (from the node's pod watch, beside the observer),
+//! cgroup readings through the [`CgroupReader`], the [`Reconciler`]'s conclusions out
+//! to [`NodeMetrics`] and the incident log.
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::cgroup_path::{ContainerId, KubeletRoot, QosClass};
+use super::config::NodeConfig;
+use super::metrics::NodeMetrics;
+use super::pods::{instances_of, qos_of};
+use super::reader::{self, CgroupReader, DetectError, Target};
+use super::reconcile::{InstanceRef, Memory, NodeEvent, Reconciler};
+use crate::correlate::incidents::{OomKillIncident, SharedIncidentLog, lock};
+use crate::k8s::types::SlimPod;
+use crate::k8s::workload::{Workload, workload_of};
+use crate::observe::Cause;
+
+#[derive(Debug)]
+struct PodEntry {
+    workload: Arc<Workload>,
+    name: Arc<str>,
+    qos: Option<QosClass>,
+    /// The relist this pod was last seen in.
+    epoch: u64,
+    /// The `containerID`s its status names.
+    instances: Vec<Arc<str>>,
+}
+
+/// Everything the node agent owns; driven by the watch loop.
+pub struct NodeAgent {
+    reader: CgroupReader,
+    reconciler: Reconciler,
+    pods: foldhash::HashMap<Arc<str>, PodEntry>,
+    targets: foldhash::HashMap<Arc<str>, Target>,
+    metrics: NodeMetrics,
+    incidents: SharedIncidentLog,
+    /// The first pod list is complete: instances seen from now on are news.
+    synced: bool,
+    epoch: u64,
+    events: Vec<NodeEvent>,
+}
+
+impl NodeAgent {
+    /// Detects the cgroup version under `config.cgroup_root` and sets up the reader.
+    pub fn new(
+        config: &NodeConfig,
+        metrics: NodeMetrics,
+        incidents: SharedIncidentLog,
+    ) -> Result<NodeAgent, DetectError> {
+        let version = reader::detect_version(&config.cgroup_root)?;
+        let reader = CgroupReader::new(
+            &config.cgroup_root,
+            version,
+            KubeletRoot::new(&config.kubelet_cgroup_root),
+        );
+        tracing::info!(
+            cgroup_root = %config.cgroup_root.display(),
+            version = version.as_str(),
+            events = if reader.events_fd().is_some() { "inotify on memory.events" } else { "none (polling)" },
+            reread_interval = ?config.reread_interval,
+            "node agent reading container memory cgroups"
+        );
+        let settle = SignedDuration::try_from(config.settle).unwrap_or(SignedDuration::MAX);
+        Ok(NodeAgent {
+            reader,
+            reconciler: Reconciler::new(settle),
+            pods: foldhash::HashMap::default(),
+            targets: foldhash::HashMap::default(),
+            metrics,
+            incidents,
+            synced: false,
+            epoch: 0,
+            events: Vec::new(),
+        })
+    }
+
+    /// The reader's inotify descriptor, when the kernel notifies changes (v2).
+    pub fn events_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.reader.events_fd()
+    }
+
+    pub fn metrics_mut(&mut self) -> &mut NodeMetrics {
+        &mut self.metrics
+    }
+
+    /// A relist of the node's pods begins.
+    pub fn begin_relist(&mut self) {
+        self.epoch += 1;
+    }
+
+    /// The relist is complete: pods not in it are gone.
+    pub fn end_relist(&mut self, now: Timestamp) {
+        self.synced = true;
+        let epoch = self.epoch;
+        let gone: Vec<Arc<str>> = self
+            .pods
+            .iter()
+            .filter(|(_, pod)| pod.epoch != epoch)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.forget_pod(&uid);
+        }
+        self.flush(now);
+    }
+
+    pub fn apply_pod(&mut self, pod: &SlimPod, now: Timestamp) {
+        let meta = &pod.metadata;
+        let (Some(uid), Some(namespace), Some(name)) = (&meta.uid, &meta.namespace, &meta.name)
+        else {
+            return;
+        };
+        let uid: Arc<str> = Arc::from(uid.as_str());
+        let qos = qos_of(pod);
+        let epoch = self.epoch;
+        let entry = self.pods.entry(uid.clone()).or_insert_with(|| PodEntry {
+            workload: Arc::new(workload_of(namespace, name, meta)),
+            name: Arc::from(name.as_str()),
+            qos,
+            epoch,
+            instances: Vec::new(),
+        });
+        entry.epoch = epoch;
+        if qos.is_some() {
+            entry.qos = qos;
+        }
+        let qos = entry.qos;
+        let mut seen = Vec::new();
+        for status in instances_of(pod) {
+            seen.push(status.container_id.clone());
+            if !self.targets.contains_key(&status.container_id) {
+                let Ok(id) = ContainerId::parse(&status.container_id) else {
+                    self.metrics.read_error("bad_id");
+                    continue;
+                };
+                self.targets.insert(
+                    status.container_id.clone(),
+                    Target {
+                        key: status.container_id.clone(),
+                        id,
+                        pod_uid: uid.clone(),
+                        qos,
+                    },
+                );
+                self.reconciler.track(
+                    InstanceRef {
+                        pod_uid: uid.clone(),
+                        container: status.container.clone(),
+                        container_id: status.container_id.clone(),
+                    },
+                    self.synced,
+                );
+            }
+            if let Some(death) = status.death {
+                if self.reconciler.wants_reading(&status.container_id) {
+                    // A last look at the counter before the death settles it: the
+                    // cgroup may still be there.
+                    self.read_one(&status.container_id.clone(), now);
+                }
+                self.reconciler
+                    .died(&status.container_id, death, &mut self.events);
+                self.reader.forget(&status.container_id);
+            }
+        }
+        if let Some(entry) = self.pods.get_mut(&uid) {
+            entry.instances = seen;
+        }
+        // Instances the status no longer names (the kubelet shows two per container).
+        self.prune();
+        self.flush(now);
+    }
+
+    pub fn delete_pod(&mut self, pod: &SlimPod, now: Timestamp) {
+        if let Some(uid) = pod.metadata.uid.as_deref() {
+            self.forget_pod(uid);
+        }
+        self.flush(now);
+    }
+
+    /// The periodic re-read of every living instance, then the settle check.
+    pub fn tick(&mut self, now: Timestamp) {
+        let keys: Vec<Arc<str>> = self
+            .targets
+            .keys()
+            .filter(|key| self.reconciler.wants_reading(key))
+            .cloned()
+            .collect();
+        for key in keys {
+            self.read_one(&key, now);
+        }
+        self.reconciler.tick(&mut self.events);
+        self.metrics.set_cgroups(self.reader.located());
+        self.flush(now);
+    }
+
+    /// The kernel notified changes (v2 inotify): reads just those cgroups, or all of
+    /// them after a queue overflow.
+    pub fn on_notified(&mut self, now: Timestamp) {
+        match self.reader.changed() {
+            Some(keys) => {
+                for key in keys {
+                    self.read_one(&key, now);
+                }
+                self.flush(now);
+            }
+            None => self.tick(now),
+        }
+    }
+
+    fn read_one(&mut self, key: &Arc<str>, now: Timestamp) {
+        let Some(target) = self.targets.get(key) else {
+            return;
+        };
+        match self.reader.read(target) {
+            Ok(reading) => self.reconciler.observe(key, reading, now, &mut self.events),
+            Err(error) => {
+                self.metrics.read_error(error.kind());
+                tracing::debug!(%error, "cannot read a container's memory cgroup");
+            }
+        }
+    }
+
+    fn forget_pod(&mut self, uid: &str) {
+        if self.pods.remove(uid).is_some() {
+            self.prune();
+        }
+    }
+
+    /// Drops the instances no pod names any more, everywhere.
+    fn prune(&mut self) {
+        let named: foldhash::HashSet<&Arc<str>> =
+            self.pods.values().flat_map(|pod| &pod.instances).collect();
+        let unsettled = self
+            .reconciler
+            .retain(|instance| named.contains(&instance.container_id));
+        if unsettled > 0 {
+            self.metrics.unsettled(unsettled);
+        }
+        self.targets.retain(|key, _| named.contains(key));
+        let targets = &self.targets;
+        self.reader.retain(|key| targets.contains_key(key));
+    }
+
+    /// Hands the reconciler's conclusions to the metrics and the incident log.
+    fn flush(&mut self, now: Timestamp) {
+        if self.events.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        let mut log = lock(&self.incidents);
+        for event in events {
+            let (instance, kind, count, reported, memory) = match event {
+                NodeEvent::CounterReset { .. } => {
+                    self.metrics.counter_reset();
+                    continue;
+                }
+                NodeEvent::ProcessOomKills {
+                    instance,
+                    count,
+                    memory,
+                } => (instance, "process", count, None, memory),
+                NodeEvent::ContainerOomKill { instance, memory } => {
+                    (instance, "container", 1, None, memory)
+                }
+                NodeEvent::Reclassified {
+                    instance,
+                    reported,
+                    exit_code,
+                    memory,
+                } => (
+                    instance,
+                    "reclassified",
+                    1,
+                    Some((reported, exit_code)),
+                    memory,
+                ),
+            };
+            let Some(pod) = self.pods.get(&instance.pod_uid) else {
+                continue;
+            };
+            match (kind, reported) {
+                ("process", _) => {
+                    self.metrics
+                        .process_oom_kills(&pod.workload, &instance.container, count);
+                }
+                (_, Some((cause, _))) => {
+                    self.metrics
+                        .reclassified(&pod.workload, &instance.container, cause);
+                }
+                _ => {}
+            }
+            tracing::info!(
+                namespace = %pod.workload.namespace(),
+                pod = %pod.name,
+                container = %instance.container,
+                container_id = %instance.container_id,
+                oom_kill = kind,
+                count,
+                reported = reported.map(|(cause, _)| cause.as_str()),
+                memory_peak_bytes = memory.peak_bytes,
+                memory_limit_bytes = memory.limit_bytes,
+                "kernel OOM kill"
+            );
+            log.record_oom_kill(incident(pod, &instance, kind, count, reported, memory, now));
+        }
+    }
+}
+
+fn incident(
+    pod: &PodEntry,
+    instance: &InstanceRef,
+    kind: &'static str,
+    count: u64,
+    reported: Option<(Cause, i32)>,
+    memory: Memory,
+    now: Timestamp,
+) -> OomKillIncident {
+    OomKillIncident {
+        id: 0,
+        namespace: pod.workload.namespace().clone(),
+        workload_kind: pod.workload.kind().clone(),
+        workload: pod.workload.name().clone(),
+        pod: pod.name.clone(),
+        container: instance.container.clone(),
+        container_id: instance.container_id.clone(),
+        oom_kill: kind,
+        count,
+        reported_reason: reported.map(|(cause, _)| cause.as_str()),
+        exit_code: reported.map(|(_, code)| code),
+        memory_peak_bytes: memory.peak_bytes,
+        memory_limit_bytes: memory.limit_bytes,
+        seen_at: now,
+    }
+}
