@@ -383,7 +383,8 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     let hog_process_kills = agent.sum("selfheal_container_process_oom_kills_total", &[container]);
     let hog_oom_kills = agent.sum("selfheal_container_oom_kills_total", &[container]);
     let forker_oom_kills = agent.sum("selfheal_container_oom_kills_total", &[forker]);
-    let reclassified = agent.sum("selfheal_container_oom_reclassified_total", &[]);
+    // + 0.0: the sum of no sample is -0.0.
+    let reclassified = agent.sum("selfheal_container_oom_reclassified_total", &[]) + 0.0;
     eprintln!(
         "node agent: forker {process_kills} process OOM kills, {forker_oom_kills} container OOM \
          kills; hog {hog_process_kills} process OOM kills, {hog_oom_kills} container OOM kills; \
