@@ -334,3 +334,154 @@ fn incident(
         seen_at: now,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::incidents::{Incident, IncidentLog};
+    use crate::export::cardinality::CardinalityGuard;
+    use crate::node::cgroup_path::CgroupVersion;
+    use crate::node::fixtures::{Driver, FixtureTree};
+    use prometheus_client::encoding::text::encode;
+    use prometheus_client::registry::Registry;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("valid")
+    }
+
+    fn pod(tree: &FixtureTree, running: &str, last: Option<(&str, &str, i32)>) -> SlimPod {
+        let last_state = match last {
+            Some((id, reason, code)) => serde_json::json!({"terminated": {
+                "reason": reason, "exitCode": code, "containerID": format!("containerd://{id}")
+            }}),
+            None => serde_json::json!({}),
+        };
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "api-0", "namespace": "shop", "uid": tree.pod_uid},
+            "status": {
+                "qosClass": "Burstable",
+                "containerStatuses": [{
+                    "name": "gunicorn",
+                    "containerID": format!("containerd://{running}"),
+                    "state": {"running": {}},
+                    "lastState": last_state,
+                }]
+            }
+        }))
+        .expect("pod")
+    }
+
+    struct Rig {
+        tree: FixtureTree,
+        agent: NodeAgent,
+        registry: Registry,
+        incidents: SharedIncidentLog,
+    }
+
+    impl Rig {
+        fn new(version: CgroupVersion, driver: Driver) -> Rig {
+            let tree = FixtureTree::new(version, driver);
+            let mut registry = Registry::with_prefix("selfheal");
+            let guard = CardinalityGuard::register(&mut registry, 1000);
+            let metrics = NodeMetrics::register(&mut registry, &guard);
+            let incidents = IncidentLog::new(10, std::time::Duration::ZERO).shared();
+            let config = NodeConfig {
+                cgroup_root: tree.root().to_path_buf(),
+                ..NodeConfig::default()
+            };
+            let agent = NodeAgent::new(&config, metrics, incidents.clone()).expect("agent");
+            Rig {
+                tree,
+                agent,
+                registry,
+                incidents,
+            }
+        }
+
+        fn value(&self, series: &str) -> Option<f64> {
+            let mut text = String::new();
+            encode(&mut text, &self.registry).expect("encoded");
+            text.lines()
+                .find(|line| line.starts_with(series))
+                .and_then(|line| line.rsplit_once(' ')?.1.parse().ok())
+        }
+
+        fn kills(&self) -> Vec<(&'static str, u64)> {
+            lock(&self.incidents)
+                .newest(10)
+                .into_iter()
+                .filter_map(|incident| match incident {
+                    Incident::OomKill(kill) => Some((kill.oom_kill, kill.count)),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    const PROCESS: &str = "selfheal_container_process_oom_kills_total{namespace=\"shop\"";
+
+    #[test]
+    fn containers_appear_restart_and_vanish_with_their_pods_on_every_layout() {
+        for version in [CgroupVersion::V1, CgroupVersion::V2] {
+            for driver in [Driver::Cgroupfs, Driver::Systemd] {
+                let mut rig = Rig::new(version, driver);
+                let what = format!("{version:?} {driver:?}");
+                // The baseline: an old kill in a container running at start-up.
+                rig.tree.container(QosClass::Burstable, "c1", 2, true);
+                rig.agent.begin_relist();
+                rig.agent.apply_pod(&pod(&rig.tree, "c1", None), t(0));
+                rig.agent.end_relist(t(0));
+                rig.agent.tick(t(1));
+                assert_eq!(
+                    rig.value(PROCESS),
+                    None, // (in the daemon the observer's ContainerSeen makes it 0)
+                    "{what}: the baseline is not news"
+                );
+                assert_eq!(rig.value("selfheal_node_cgroups"), Some(1.0), "{what}");
+                // A worker killed; the container lives on past the settle time.
+                rig.tree.container(QosClass::Burstable, "c1", 3, true);
+                rig.agent.on_notified(t(2));
+                rig.agent.tick(t(2));
+                rig.agent.tick(t(13));
+                assert_eq!(rig.value(PROCESS), Some(1.0), "{what}");
+                // The init process killed: the cgroup empties and goes; the kubelet
+                // reports OOMKilled and a new instance c2 starts.
+                rig.tree.container(QosClass::Burstable, "c1", 4, false);
+                rig.agent.tick(t(14));
+                let old = rig.tree.container(QosClass::Burstable, "c1", 4, false);
+                std::fs::remove_dir_all(old).expect("removed");
+                rig.tree.container(QosClass::Burstable, "c2", 0, true);
+                rig.agent
+                    .apply_pod(&pod(&rig.tree, "c2", Some(("c1", "OOMKilled", 137))), t(15));
+                rig.agent.tick(t(30));
+                assert_eq!(
+                    rig.value(PROCESS),
+                    Some(1.0),
+                    "{what}: the death is no process kill"
+                );
+                assert_eq!(
+                    rig.kills(),
+                    vec![("container", 1), ("process", 1)],
+                    "{what}"
+                );
+                // c2 counts from 0: its first kill is news. Then the runtime loses the
+                // event of its death: Error/137, reclassified.
+                rig.tree.container(QosClass::Burstable, "c2", 1, false);
+                rig.agent.tick(t(31));
+                rig.tree.container(QosClass::Burstable, "c3", 0, true);
+                rig.agent
+                    .apply_pod(&pod(&rig.tree, "c3", Some(("c2", "Error", 137))), t(32));
+                assert_eq!(
+                    rig.value("selfheal_container_oom_reclassified_total{namespace=\"shop\""),
+                    Some(1.0),
+                    "{what}"
+                );
+                // The pod goes: nothing followed any more.
+                rig.agent.delete_pod(&pod(&rig.tree, "c3", None), t(33));
+                rig.agent.tick(t(34));
+                assert_eq!(rig.value("selfheal_node_cgroups"), Some(0.0), "{what}");
+                assert_eq!(rig.agent.targets.len(), 0, "{what}");
+            }
+        }
+    }
+}
