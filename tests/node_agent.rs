@@ -6,6 +6,7 @@
 //! - A shell starts a child that allocates past the limit: the kernel kills the child,
 //!   the shell (the container) lives on, the kubelet reports nothing (restartCount 0):
 //!   the agent counts one process OOM kill.
+//!   With `node.kmsg` (the test runs as root), the incident names the victim (python3).
 //! - A container whose own process is killed: the kubelet's `OOMKilled` restarts are
 //!   counted as today, and not a second time as process OOM kills.
 
@@ -36,7 +37,7 @@ fn spawn_agent(cluster: &Cluster, kubelet_cgroup_root: &str) -> Daemon {
         &config,
         format!(
             "[node]\ncgroup_root = \"/sys/fs/cgroup\"\nkubelet_cgroup_root = \"{kubelet_cgroup_root}\"\n\
-             reread_interval = \"500ms\"\nsettle = \"3s\"\n"
+             reread_interval = \"500ms\"\nsettle = \"3s\"\nkmsg = true\n"
         ),
     )
     .expect("config written");
@@ -178,6 +179,11 @@ async fn the_node_agent_counts_the_kill_of_a_child_and_no_container_kill_twice()
     );
     assert!(
         incidents.contains(&format!("\"memory_limit_bytes\":{}", 48 << 20)),
+        "{incidents}"
+    );
+    // node.kmsg (the test runs as root): the kernel log names the killed child.
+    assert!(
+        incidents.contains("\"victims\":[{\"name\":\"python3\",\"pid\":"),
         "{incidents}"
     );
     drop(agent);

@@ -127,6 +127,10 @@ impl WatchLoop {
             .node
             .as_ref()
             .and_then(|(agent, _)| notifications(agent));
+        let mut victims = self
+            .node
+            .as_mut()
+            .and_then(|(agent, _)| agent.take_victims());
         loop {
             tokio::select! {
                 biased;
@@ -152,6 +156,11 @@ impl WatchLoop {
                 _ = node_ticker.tick(), if self.node.is_some() => {
                     if let Some((agent, _)) = &mut self.node {
                         agent.tick(Timestamp::now());
+                    }
+                }
+                Some(victim) = next_victim(victims.as_mut()) => {
+                    if let Some((agent, _)) = &mut self.node {
+                        agent.on_victim(victim);
                     }
                 }
                 ready = readable(notifications.as_ref()) => {
@@ -307,6 +316,20 @@ fn notifications(agent: &NodeAgent) -> Option<AsyncFd<OwnedFd>> {
             tracing::warn!(%error, "cannot wait on inotify: polling the cgroups only");
             None
         }
+    }
+}
+
+/// The next OOM victim from the kernel log (`node.kmsg`); never without it, nor after
+/// its reader ended.
+async fn next_victim(
+    victims: Option<&mut tokio::sync::mpsc::UnboundedReceiver<crate::node::kmsg::Victim>>,
+) -> Option<crate::node::kmsg::Victim> {
+    match victims {
+        Some(victims) => match victims.recv().await {
+            Some(victim) => Some(victim),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 

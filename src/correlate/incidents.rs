@@ -91,6 +91,15 @@ pub struct OomKillIncident {
     pub memory_limit_bytes: Option<u64>,
     /// When the agent settled the kill (within `node.settle` of the kill itself).
     pub seen_at: Timestamp,
+    /// The killed processes, from the kernel log (`node.kmsg`; empty without it).
+    pub victims: Vec<OomVictim>,
+}
+
+/// A process the kernel's OOM killer killed, as the kernel log names it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OomVictim {
+    pub name: String,
+    pub pid: u32,
 }
 
 /// One entry of the API's answer.

@@ -12,7 +12,12 @@ use super::metrics::NodeMetrics;
 use super::pods::{instances_of, qos_of};
 use super::reader::{self, CgroupReader, DetectError, Target};
 use super::reconcile::{InstanceRef, Memory, NodeEvent, Reconciler};
-use crate::correlate::incidents::{OomKillIncident, SharedIncidentLog, lock};
+use std::collections::VecDeque;
+
+use tokio::sync::mpsc;
+
+use super::kmsg::{self, Victim};
+use crate::correlate::incidents::{OomKillIncident, OomVictim, SharedIncidentLog, lock};
 use crate::k8s::types::SlimPod;
 use crate::k8s::workload::{Workload, workload_of};
 use crate::observe::Cause;
@@ -40,7 +45,14 @@ pub struct NodeAgent {
     synced: bool,
     epoch: u64,
     events: Vec<NodeEvent>,
+    /// With `node.kmsg`: the kernel log's victims, until the watch loop takes them.
+    kmsg: Option<mpsc::UnboundedReceiver<Victim>>,
+    /// Victims not yet in an incident, by instance (a few per instance at most).
+    victims: foldhash::HashMap<Arc<str>, VecDeque<OomVictim>>,
 }
+
+/// Victims remembered per instance until their kill is settled.
+const MAX_VICTIMS: usize = 16;
 
 impl NodeAgent {
     /// Detects the cgroup version under `config.cgroup_root` and sets up the reader.
@@ -63,6 +75,20 @@ impl NodeAgent {
             "node agent reading container memory cgroups"
         );
         let settle = SignedDuration::try_from(config.settle).unwrap_or(SignedDuration::MAX);
+        let kmsg = if config.kmsg {
+            match kmsg::spawn_reader("/dev/kmsg".into()) {
+                Ok(victims) => Some(victims),
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "node.kmsg: cannot read /dev/kmsg (it needs CAP_SYSLOG, and in a container the host's /dev/kmsg and a root user): OOM kills are counted without the victims' names"
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Ok(NodeAgent {
             reader,
             reconciler: Reconciler::new(settle),
@@ -73,12 +99,48 @@ impl NodeAgent {
             synced: false,
             epoch: 0,
             events: Vec::new(),
+            kmsg,
+            victims: foldhash::HashMap::default(),
         })
     }
 
     /// The reader's inotify descriptor, when the kernel notifies changes (v2).
     pub fn events_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.reader.events_fd()
+    }
+
+    /// The kernel log's victims (`node.kmsg`), for the watch loop to wait on; once.
+    pub fn take_victims(&mut self) -> Option<mpsc::UnboundedReceiver<Victim>> {
+        self.kmsg.take()
+    }
+
+    /// A victim from the kernel log: kept for the incident of its container's instance,
+    /// found by the container ID at the end of its cgroup path.
+    pub fn on_victim(&mut self, victim: Victim) {
+        let Some(leaf) = victim.memcg.rsplit('/').next() else {
+            return;
+        };
+        let leaf = leaf.strip_suffix(".scope").unwrap_or(leaf);
+        let bare = ["cri-containerd-", "crio-", "docker-"]
+            .iter()
+            .find_map(|prefix| leaf.strip_prefix(prefix))
+            .unwrap_or(leaf);
+        let Some(key) = self
+            .targets
+            .iter()
+            .find(|(_, target)| &*target.id.id == bare)
+            .map(|(key, _)| key.clone())
+        else {
+            return;
+        };
+        let victims = self.victims.entry(key).or_default();
+        if victims.len() == MAX_VICTIMS {
+            victims.pop_front();
+        }
+        victims.push_back(OomVictim {
+            name: victim.name,
+            pid: victim.pid,
+        });
     }
 
     pub fn metrics_mut(&mut self) -> &mut NodeMetrics {
@@ -239,6 +301,7 @@ impl NodeAgent {
             self.metrics.unsettled(unsettled);
         }
         self.targets.retain(|key, _| named.contains(key));
+        self.victims.retain(|key, _| named.contains(key));
         let targets = &self.targets;
         self.reader.retain(|key| targets.contains_key(key));
     }
@@ -303,7 +366,19 @@ impl NodeAgent {
                 memory_limit_bytes = memory.limit_bytes,
                 "kernel OOM kill"
             );
-            log.record_oom_kill(incident(pod, &instance, kind, count, reported, memory, now));
+            let victims = self
+                .victims
+                .get_mut(&instance.container_id)
+                .map(|pending| {
+                    let take = usize::try_from(count)
+                        .unwrap_or(usize::MAX)
+                        .min(pending.len());
+                    pending.drain(..take).collect()
+                })
+                .unwrap_or_default();
+            let mut record = incident(pod, &instance, kind, count, reported, memory, now);
+            record.victims = victims;
+            log.record_oom_kill(record);
         }
     }
 }
@@ -332,6 +407,7 @@ fn incident(
         memory_peak_bytes: memory.peak_bytes,
         memory_limit_bytes: memory.limit_bytes,
         seen_at: now,
+        victims: Vec::new(),
     }
 }
 

@@ -23,6 +23,10 @@ pub struct NodeConfig {
     /// before a container still running makes it a process OOM kill.
     #[serde(with = "jiff::fmt::serde::unsigned_duration::friendly::compact::required")]
     pub settle: Duration,
+    /// Read the kernel log (`/dev/kmsg`) for each OOM victim's name and PID, recorded
+    /// in the incident. Needs `CAP_SYSLOG` (and, in a container, the host's `/dev/kmsg`
+    /// and a root user); off by default.
+    pub kmsg: bool,
 }
 
 impl Default for NodeConfig {
@@ -32,6 +36,7 @@ impl Default for NodeConfig {
             kubelet_cgroup_root: "/".to_owned(),
             reread_interval: Duration::from_secs(1),
             settle: Duration::from_secs(10),
+            kmsg: false,
         }
     }
 }

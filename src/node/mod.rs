@@ -14,6 +14,7 @@
 //! - [`reconcile`]: the pure state machine that turns counter moves and the kubelet's
 //!   deaths into process OOM kills and reclassified deaths, each kill counted once;
 //! - [`reader`]: the I/O (periodic re-read, inotify on v2 `memory.events`);
+//! - [`kmsg`]: optional, the victims' names from the kernel log (`CAP_SYSLOG`);
 //! - [`pods`]: what a pod object tells the agent; [`agent`]: the glue;
 //!   [`metrics`]: the series only the agent exports; [`config`]: `[node]`.
 
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod cgroup_path;
 pub mod config;
 pub mod counters;
+pub mod kmsg;
 pub mod metrics;
 pub mod pods;
 pub mod reader;
