@@ -188,3 +188,51 @@ fn the_chart_renders_the_node_agent_only_when_enabled() {
     };
     assert!(defaults.of_kind("DaemonSet").is_empty(), "off by default");
 }
+
+#[test]
+fn the_charts_kmsg_option_adds_only_syslog_and_the_kernel_log_read_only() {
+    if !helm_installed() {
+        return;
+    }
+    let mut args = HELM_TEMPLATE.to_vec();
+    args.extend(["--set", "nodeAgent.enabled=true,nodeAgent.kmsg=true"]);
+    let render = render_from(
+        format!("helm template {CHART} --set nodeAgent.enabled=true,nodeAgent.kmsg=true"),
+        helm(&args),
+    );
+    let what = &render.what;
+    let pod = &render.one("DaemonSet")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(
+        security["capabilities"]["add"],
+        serde_json::json!(["SYSLOG"]),
+        "{what}"
+    );
+    assert_eq!(
+        security["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{what}"
+    );
+    assert_eq!(security["privileged"], false, "{what}");
+    assert_eq!(security["readOnlyRootFilesystem"], true, "{what}");
+    let host_paths: Vec<&str> = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v["hostPath"]["path"].as_str())
+        .collect();
+    assert_eq!(host_paths, ["/sys/fs/cgroup", "/dev/kmsg"], "{what}");
+    for mount in container["volumeMounts"].as_array().expect("mounts") {
+        assert_eq!(mount["readOnly"], true, "{what}: {mount}");
+    }
+    let config = render
+        .of_kind("ConfigMap")
+        .into_iter()
+        .find(|c| str_of(c, "/metadata/name").ends_with("node-agent-config"))
+        .expect("the agent's config");
+    assert!(
+        str_of(config, "/data/selfheal.toml").contains("kmsg = true"),
+        "{what}"
+    );
+}
