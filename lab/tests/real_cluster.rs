@@ -159,7 +159,15 @@ impl Exporter {
         let config = dir.join("selfheal.toml");
         std::fs::write(
             &config,
-            format!("listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n"),
+            format!(
+                "listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n{}",
+                // The agent also names the victims from the kernel log (root here).
+                if node.is_some() {
+                    "[node]\nkmsg = true\n"
+                } else {
+                    ""
+                }
+            ),
         )
         .expect("exporter config");
         let log = dir.join("exporter.log");
@@ -394,6 +402,24 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     assert_eq!(forker_oom_kills, 0.0);
     assert_eq!(hog_process_kills, 0.0, "the agent's log:\n{}", agent.log());
     assert!(hog_oom_kills >= 2.0, "the agent's log:\n{}", agent.log());
+    // The incident of the forker's kill: a process kill, its victim from the kernel
+    // log busybox's tail, the cgroup's limit.
+    let (_, incidents) = agent.get("/api/v1/incidents").unwrap_or_default();
+    let incidents: serde_json::Value = serde_json::from_str(&incidents).expect("incidents JSON");
+    let forker_kill = incidents["incidents"]
+        .as_array()
+        .or_else(|| incidents.as_array())
+        .into_iter()
+        .flatten()
+        .find(|incident| incident["kind"] == "oom_kill" && incident["container"] == "forker")
+        .unwrap_or_else(|| panic!("no oom_kill incident of the forker: {incidents:#}"));
+    assert_eq!(forker_kill["oom_kill"], "process", "{forker_kill:#}");
+    assert_eq!(forker_kill["victims"][0]["name"], "tail", "{forker_kill:#}");
+    assert_eq!(
+        forker_kill["memory_limit_bytes"],
+        48 << 20,
+        "{forker_kill:#}"
+    );
     drop(agent);
 
     // Tear down explicitly to check it works; the guard's second down is then a no-op.
