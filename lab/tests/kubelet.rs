@@ -158,7 +158,7 @@ fn processes_of(ns: &str) -> Vec<u32> {
 /// Direct children of this process that are not zombies.
 /// Cgroup directories under `dir` that have none below them (the containers' cgroups).
 fn leaf_cgroups(dir: &std::path::Path) -> usize {
-    let subdirs: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+    let subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
