@@ -3,6 +3,9 @@
 //! `lastState.terminated` reason OOMKilled, exit code 137, restartCount ≥ 1. The daemon,
 //! run on the host against the real API server through the admin kubeconfig, counts
 //! what the kubelet reports: its OOMKilled restarts equal the kubelet's `restartCount`.
+//! The same for the other restart paths of the 1.37 kubelet (a liveness probe kill, a
+//! container restart rule, a native sidecar's OOM kills, RestartAllContainers), with
+//! their reasons, one incident per pod restart, and recovery phases that add up.
 //!
 //! The daemon is the `selfheal-exporter` binary next to this crate's binary in the target
 //! directory (`cargo test --workspace` builds both).
@@ -270,6 +273,177 @@ spec:
       limits: {memory: 48Mi}
 "#;
 
+/// The restart paths of a 2026 kubelet, each in a pod of its own: a liveness probe
+/// kill, a container restart rule (KEP-5307), a native sidecar OOM-killed, and
+/// RestartAllContainers (KEP-5532).
+const RESTART_PATHS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: stuck
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+    livenessProbe:
+      exec: {command: ["false"]}
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rule, namespace: default}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: worker
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 2; exit 42"]
+    restartPolicy: Never
+    restartPolicyRules:
+    - action: Restart
+      exitCodes: {operator: In, values: [42]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar, namespace: default}
+spec:
+  initContainers:
+  - name: shipper
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 2; tail /dev/zero"]
+    resources: {limits: {memory: 32Mi}, requests: {memory: 32Mi}}
+  containers:
+  - name: main
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: all, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: trigger
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3; exit 42"]
+    restartPolicy: Always
+    restartPolicyRules:
+    - action: RestartAllContainers
+      exitCodes: {operator: In, values: [42]}
+  - name: other
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+"#;
+
+/// (pod, container, the reason the daemon must give each of its restarts).
+const PATHS: [(&str, &str, &str); 5] = [
+    ("liveness", "stuck", "LivenessProbeFailed"),
+    ("rule", "worker", "RestartRule"),
+    ("sidecar", "shipper", "OOMKilled"),
+    ("all", "trigger", "RestartAllContainers"),
+    ("all", "other", "RestartAllContainers"),
+];
+
+/// The kubelet's restartCount of `container` (regular or init) in `pod`.
+fn restart_count(cluster: &Cluster, pod: &str, container: &str) -> f64 {
+    let pod: serde_json::Value = serde_json::from_str(
+        &cluster.kubectl(&["get", "pod", pod, "-n", "default", "-o", "json"], None),
+    )
+    .expect("pod JSON");
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .flat_map(|list| pod["status"][list].as_array().cloned().unwrap_or_default())
+        .find(|status| status["name"] == container)
+        .and_then(|status| status["restartCount"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// Each restart path: once the kubelet restarted the container at least twice, every
+/// restart it made (restartCount) is one the daemon counted, all with the path's reason;
+/// RestartAllContainers is one incident per pod restart (the trigger's), none for the
+/// other container; and every recovery's phases add up to its time to recover.
+fn check_restart_paths(cluster: &Cluster, exporter: &Exporter) {
+    for (pod, container, reason) in PATHS {
+        let labels = [
+            format!("workload=\"{pod}\""),
+            format!("container=\"{container}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let with_reason = format!("reason=\"{reason}\"");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let before = restart_count(cluster, pod, container);
+            let all = exporter.sum("selfheal_container_restarts_total", &labels);
+            let mut labelled = labels.clone();
+            labelled.push(&with_reason);
+            let counted = exporter.sum("selfheal_container_restarts_total", &labelled);
+            let after = restart_count(cluster, pod, container);
+            // A steady moment (restartCount unchanged around the scrape) to compare.
+            if before == after && after >= 2.0 && counted == after && all == counted {
+                eprintln!("{pod}/{container}: restartCount {after} = {counted} {reason} restarts");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}/{container}: the daemon counted {counted} {reason} restarts of {all};                  the kubelet's restartCount is {after}; its log:\n{}",
+                exporter.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let (_, body) = exporter
+        .get("/api/v1/incidents?limit=1000")
+        .unwrap_or_default();
+    let incidents: serde_json::Value = serde_json::from_str(&body).expect("incidents JSON");
+    let restarts: Vec<&serde_json::Value> = incidents["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|incident| incident["kind"] == "restart")
+        .collect();
+    let of = |container: &str| {
+        restarts
+            .iter()
+            .filter(|incident| incident["container"] == container)
+            .count()
+    };
+    assert!(of("trigger") >= 2, "{body}");
+    assert_eq!(
+        of("other"),
+        0,
+        "the pod restart is the trigger's incident: {body}"
+    );
+    let mut split = 0;
+    for incident in &restarts {
+        let phases = &incident["recovery_phases"];
+        let (Some(whole), Some(backoff), Some(start), Some(readiness)) = (
+            incident["time_to_recover_seconds"].as_f64(),
+            phases["backoff_seconds"].as_f64(),
+            phases["start_seconds"].as_f64(),
+            phases["readiness_seconds"].as_f64(),
+        ) else {
+            continue;
+        };
+        assert!(
+            (backoff + start + readiness - whole).abs() < 1e-6,
+            "phases do not add up: {incident:#}"
+        );
+        split += 1;
+    }
+    eprintln!("{split} recoveries split into phases that add up to the whole");
+    assert!(split >= 4, "{body}");
+}
+
 fn pod_status(cluster: &Cluster, name: &str) -> serde_json::Value {
     let pod: serde_json::Value = serde_json::from_str(
         &cluster.kubectl(&["get", "pod", name, "-n", "default", "-o", "json"], None),
@@ -300,6 +474,7 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     );
     cluster.kubectl(&["apply", "-f", "-"], Some(OOM_POD));
     cluster.kubectl(&["apply", "-f", "-"], Some(FORKER_POD));
+    cluster.kubectl(&["apply", "-f", "-"], Some(RESTART_PATHS));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -365,6 +540,7 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    check_restart_paths(&cluster, &exporter);
     drop(exporter);
 
     // The node agent: the forker's child is one process OOM kill, its container alive
