@@ -343,7 +343,22 @@ spec:
     image: selfheal-lab/busybox:1
     imagePullPolicy: Never
     command: ["sh", "-c", "sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: evictee, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
 "#;
+
+/// An Eviction of the pod `evictee` (what `kubectl drain` posts).
+const EVICTION: &str = r#"{"apiVersion": "policy/v1", "kind": "Eviction",
+  "metadata": {"name": "evictee", "namespace": "default"}}"#;
 
 /// (pod, container, the reason the daemon must give each of its restarts).
 const PATHS: [(&str, &str, &str); 5] = [
@@ -442,6 +457,59 @@ fn check_restart_paths(cluster: &Cluster, exporter: &Exporter) {
     }
     eprintln!("{split} recoveries split into phases that add up to the whole");
     assert!(split >= 4, "{body}");
+
+    // A disruption through the Eviction API: the real API server marks the pod with the
+    // DisruptionTarget condition (EvictionByEvictionAPI) and deletes it; counted as that
+    // disruption, and its container's exit during the deletion is no restart or death.
+    cluster.kubectl(
+        &[
+            "create",
+            "--raw",
+            "/api/v1/namespaces/default/pods/evictee/eviction",
+            "-f",
+            "-",
+        ],
+        Some(EVICTION),
+    );
+    let evicted = [r#"workload="evictee""#, r#"reason="EvictionByEvictionAPI""#];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while exporter.sum("selfheal_pod_disruptions_total", &evicted) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no EvictionByEvictionAPI disruption counted in 60 s; its log:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Until the pod is gone: its container's stop must not show as a restart or death.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .kubectl(&["get", "pods", "-n", "default", "-o", "name"], None)
+        .lines()
+        .all(|pod| pod != "pod/evictee")
+    {
+        assert!(Instant::now() < deadline, "the evicted pod is still there");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let app = [r#"workload="evictee""#];
+    assert_eq!(
+        exporter.sum("selfheal_container_restarts_total", &app) + 0.0,
+        0.0,
+        "an eviction is no restart"
+    );
+    assert_eq!(
+        exporter.sum("selfheal_pod_disruptions_total", &evicted),
+        1.0,
+        "one disruption per pod"
+    );
+    let (_, body) = exporter
+        .get("/api/v1/incidents?limit=1000")
+        .unwrap_or_default();
+    assert!(
+        !body.contains("\"workload\":\"evictee\""),
+        "an eviction makes no restart incident: {body}"
+    );
+    eprintln!("evictee: 1 EvictionByEvictionAPI disruption, no restart, no incident");
 }
 
 fn pod_status(cluster: &Cluster, name: &str) -> serde_json::Value {
