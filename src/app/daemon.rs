@@ -13,6 +13,9 @@ use crate::app::supervise::{Ended, Supervisor};
 use crate::app::watch_loop::WatchLoop;
 use crate::config::Settings;
 use crate::correlate::incidents::{IncidentLog, SharedIncidentLog};
+use crate::events::planner::EventPlanner;
+use crate::events::writer::EventWriter;
+use crate::events::{EventMetrics, EventSink, QUEUE_CAPACITY};
 use crate::export::admin::{self, AdminState};
 use crate::export::cardinality::CardinalityGuard;
 use crate::export::exposition;
@@ -92,6 +95,12 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
     let leader_metrics = leader_election
         .as_ref()
         .map(|_| LeaderMetrics::register(&mut registry));
+    // `[events]`: the writer's settings; it starts with the exporting pipelines.
+    let events = config.events.enabled.then(|| EventsSetup {
+        metrics: EventMetrics::register(&mut registry),
+        max_per_object_per_minute: config.events.max_per_object_per_minute,
+        attribution_wait: signed(config.metrics.attribution_wait),
+    });
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
     let prober = match Prober::new(
@@ -196,6 +205,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         health: health.clone(),
         incidents,
         prober,
+        events,
         discovery: config
             .probes
             .discovery
@@ -314,7 +324,8 @@ async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) -> O
     }
 }
 
-/// What observes and probes: the pod and Event watches, Service discovery and the prober.
+/// What observes and probes: the pod and Event watches, Service discovery, the prober and,
+/// with `[events]`, the Event writer.
 /// Started at once without leader election, on acquiring the Lease with it.
 struct Exporter {
     client: Client,
@@ -327,8 +338,17 @@ struct Exporter {
     health: Health,
     incidents: SharedIncidentLog,
     prober: Prober,
+    /// `[events]` when enabled.
+    events: Option<EventsSetup>,
     /// `probes.discovery`: how discovered targets are reached.
     discovery: Option<(ServiceAddress, IpAddr)>,
+}
+
+/// What the Event writer is started with.
+struct EventsSetup {
+    metrics: EventMetrics,
+    max_per_object_per_minute: u32,
+    attribution_wait: SignedDuration,
 }
 
 impl Exporter {
@@ -342,6 +362,24 @@ impl Exporter {
         stopped: watch::Receiver<bool>,
     ) {
         let (target_changes, changes) = tokio::sync::mpsc::channel(256);
+        let events = self.events.map(|setup| {
+            let (sink, updates) = EventSink::channel(QUEUE_CAPACITY, &setup.metrics);
+            supervisor.spawn(
+                "Event writer",
+                EventWriter {
+                    client: self.client.clone(),
+                    planner: EventPlanner::new(
+                        setup.max_per_object_per_minute,
+                        setup.attribution_wait,
+                    ),
+                    metrics: setup.metrics,
+                    updates,
+                    instance: EventWriter::instance_from_env(),
+                }
+                .run(stopped.clone()),
+            );
+            sink
+        });
         if let Some((address, node_address)) = self.discovery {
             supervisor.spawn(
                 "Service discovery",
@@ -375,6 +413,7 @@ impl Exporter {
                 watch_metrics: self.watch_metrics,
                 health: self.health,
                 incidents: self.incidents,
+                events,
             }
             .start(stopped),
         );

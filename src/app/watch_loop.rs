@@ -17,6 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch as signal;
 
 use crate::correlate::incidents::{SharedIncidentLog, lock};
+use crate::events::EventSink;
 use crate::export::metrics::Metrics;
 use crate::k8s::health::{Health, WatchReadiness};
 use crate::k8s::types::{SlimEvent, SlimPod};
@@ -33,6 +34,8 @@ pub struct WatchLoop {
     pub watch_metrics: WatchMetrics,
     pub health: Health,
     pub incidents: SharedIncidentLog,
+    /// `[events]`: the Event writer's queue (never waited on).
+    pub events: Option<EventSink>,
 }
 
 /// Each watch stream's part of readiness.
@@ -140,14 +143,18 @@ impl WatchLoop {
         tracing::info!("watches stopped");
     }
 
-    /// Hands the observations to the metrics and the incident log.
+    /// Hands the observations to the metrics, the incident log and the Event writer.
     fn record(&mut self, out: &mut Vec<Observation>) {
         let mut log = None;
         for observation in out.drain(..) {
             match &observation {
-                Observation::Incident(update) => log
-                    .get_or_insert_with(|| lock(&self.incidents))
-                    .apply(update),
+                Observation::Incident(update) => {
+                    log.get_or_insert_with(|| lock(&self.incidents))
+                        .apply(update);
+                    if let Some(events) = &self.events {
+                        events.offer(update);
+                    }
+                }
                 _ => self.metrics.record(&observation),
             }
         }

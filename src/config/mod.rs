@@ -3,7 +3,8 @@
 //!
 //! Each section's type lives beside the code that uses it (`[watch]` in
 //! `k8s::watch`, `[metrics]` in `export::config`, `[probes]` in `probe::config`,
-//! `[incidents]` in `correlate::config`, `[leader_election]` in `leader::config`); this
+//! `[incidents]` in `correlate::config`, `[events]` in `events::config`,
+//! `[leader_election]` in `leader::config`); this
 //! module merges the sources ([`sources`]), checks them ([`check`]) and hands out
 //! [`Settings`]: the effective configuration with what is compiled from it.
 //!
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use crate::correlate::config::IncidentsConfig;
+pub use crate::events::config::EventsConfig;
 pub use crate::export::config::MetricsConfig;
 use crate::export::web::{WebConfigError, WebSecurity};
 use crate::k8s::sharding::Sharding;
@@ -57,6 +59,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub probes: ProbesConfig,
     pub incidents: IncidentsConfig,
+    /// Kubernetes Events for classified restarts (off by default).
+    pub events: EventsConfig,
     /// Several replicas splitting the cluster (flags --shard, --total-shards).
     pub sharding: Sharding,
     /// Active/passive replicas: only the one holding a Kubernetes Lease watches, probes
@@ -84,6 +88,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             probes: ProbesConfig::default(),
             incidents: IncidentsConfig::default(),
+            events: EventsConfig::default(),
             sharding: Sharding::default(),
             leader_election: LeaderElectionConfig::default(),
         }

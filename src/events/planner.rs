@@ -1,0 +1,601 @@
+//! From incident updates to event intents: which Event to create or update, with what
+//! reason, note and series count. Pure and synchronous, with the time as an input, so
+//! that tests replay any timeline; [`super::writer`] does the API calls.
+//!
+//! - One Event per series: the deaths of one container of one Pod for one cause, while
+//!   they keep coming within [`SERIES_IDLE`] of each other. A crash loop is one Event
+//!   whose series count and note are updated, as the events.k8s.io/v1 API intends.
+//! - A death whose cause may still turn out to be a probe kill is held until the
+//!   observer attributes it or the attribution wait has passed, so that its Event
+//!   names the final cause, never a cause taken back.
+//! - At most `max_per_object_per_minute` writes per Pod: a write that would exceed it is
+//!   deferred, and the series' newest state is written once the minute allows
+//!   ([`EventPlanner::tick`]), so nothing is lost but intermediate counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+
+use crate::observe::{Cause, DeathId, DeathRecord, IncidentUpdate};
+
+/// A series ends when its container has not died of its cause for this long; the next
+/// death starts a new Event.
+pub const SERIES_IDLE: SignedDuration = SignedDuration::from_hours(1);
+
+/// The window of the note's "times in the last hour".
+const HOUR: SignedDuration = SignedDuration::from_hours(1);
+
+/// The window of the per-object rate limit.
+const MINUTE: SignedDuration = SignedDuration::from_mins(1);
+
+/// The longest Pod name kept in an Event's name (which must stay below 253 characters).
+const MAX_NAME_PREFIX: usize = 200;
+
+/// The object an Event is about: a Pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Regarding {
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
+}
+
+/// The Event's `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+}
+
+/// One write: create the Event `name`, or update its series and note.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventIntent {
+    /// The Event object's name (in the Pod's namespace), the same for a whole series.
+    pub name: String,
+    pub regarding: Regarding,
+    /// The cause (`OOMKilled`, `LivenessProbeFailed`, …).
+    pub reason: &'static str,
+    pub type_: EventType,
+    pub note: String,
+    /// The series' first occurrence: the Event's `eventTime`.
+    pub first_seen: Timestamp,
+    /// Occurrences in the series; above 1 the Event carries a `series`.
+    pub count: u32,
+    /// The newest occurrence: the series' `lastObservedTime`.
+    pub last_seen: Timestamp,
+    /// The first write of this Event (the writer creates it; otherwise it patches).
+    pub create: bool,
+}
+
+/// The Event's `action`: what happened to the regarding Pod.
+pub const ACTION: &str = "Restart";
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    pod_uid: Arc<str>,
+    container: Arc<str>,
+    cause: Cause,
+}
+
+#[derive(Debug)]
+struct Series {
+    name: String,
+    regarding: Regarding,
+    container: Arc<str>,
+    cause: Cause,
+    first_seen: Timestamp,
+    last_seen: Timestamp,
+    count: u32,
+    /// Kill times within the last hour.
+    kills: VecDeque<Timestamp>,
+    exit_code: i32,
+    memory_limit_bytes: Option<u64>,
+    /// The newest death's time to recover, once known.
+    recovered_seconds: Option<f64>,
+    newest: DeathId,
+    written: bool,
+    /// Changed since the last write (a write was deferred by the rate limit).
+    dirty: bool,
+}
+
+/// A death whose cause is not settled yet.
+#[derive(Debug)]
+struct Held {
+    record: DeathRecord,
+    until: Timestamp,
+    recovered_seconds: Option<f64>,
+}
+
+/// The planner's state; see the module documentation.
+#[derive(Debug)]
+pub struct EventPlanner {
+    max_per_minute: usize,
+    attribution_wait: SignedDuration,
+    series: HashMap<SeriesKey, Series>,
+    held: Vec<Held>,
+    /// Write times within the last minute, per Pod UID.
+    writes: HashMap<Arc<str>, VecDeque<Timestamp>>,
+    serial: u64,
+    deferred: u64,
+}
+
+impl EventPlanner {
+    /// `attribution_wait`: how long the observer may still attribute a death to a probe
+    /// kill (`metrics.attribution_wait`).
+    pub fn new(max_per_object_per_minute: u32, attribution_wait: SignedDuration) -> Self {
+        EventPlanner {
+            max_per_minute: usize::try_from(max_per_object_per_minute.max(1)).unwrap_or(1),
+            attribution_wait,
+            series: HashMap::new(),
+            held: Vec::new(),
+            writes: HashMap::new(),
+            serial: 0,
+            deferred: 0,
+        }
+    }
+
+    /// Takes in one incident update at `now`; the writes it calls for go to `out`.
+    pub fn apply(&mut self, update: &IncidentUpdate, now: Timestamp, out: &mut Vec<EventIntent>) {
+        match update {
+            IncidentUpdate::Death(record) => {
+                if record.cause.may_be_probe_kill() && self.attribution_wait.is_positive() {
+                    self.held.push(Held {
+                        record: record.clone(),
+                        until: now + self.attribution_wait,
+                        recovered_seconds: None,
+                    });
+                } else {
+                    self.occurred(record, None, now, out);
+                }
+            }
+            IncidentUpdate::Attributed { id, cause } => {
+                if let Some(index) = self.held.iter().position(|held| &held.record.id == id) {
+                    let mut held = self.held.swap_remove(index);
+                    held.record.cause = *cause;
+                    self.occurred(&held.record, held.recovered_seconds, now, out);
+                }
+            }
+            IncidentUpdate::Recovered { id, seconds, .. } => {
+                if let Some(held) = self.held.iter_mut().find(|held| &held.record.id == id) {
+                    held.recovered_seconds = Some(*seconds);
+                    return;
+                }
+                let key = self
+                    .series
+                    .iter()
+                    .find(|(_, series)| &series.newest == id)
+                    .map(|(key, _)| key.clone());
+                if let Some(key) = key
+                    && let Some(series) = self.series.get_mut(&key)
+                {
+                    series.recovered_seconds = Some(*seconds);
+                    series.dirty = true;
+                    if !self.write(&key, now, out) {
+                        self.deferred += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Once a second: settles held deaths whose wait is over, writes what the rate limit
+    /// deferred once it allows, and forgets ended series.
+    pub fn tick(&mut self, now: Timestamp, out: &mut Vec<EventIntent>) {
+        let mut index = 0;
+        while index < self.held.len() {
+            if self.held[index].until <= now {
+                let held = self.held.swap_remove(index);
+                self.occurred(&held.record, held.recovered_seconds, now, out);
+            } else {
+                index += 1;
+            }
+        }
+        let dirty: Vec<SeriesKey> = self
+            .series
+            .iter()
+            .filter(|(_, series)| series.dirty)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in dirty {
+            self.write(&key, now, out);
+        }
+        self.series
+            .retain(|_, series| series.dirty || series.last_seen + SERIES_IDLE > now);
+        self.writes.retain(|_, times| {
+            prune(times, now - MINUTE);
+            !times.is_empty()
+        });
+    }
+
+    /// Writes deferred by the rate limit since the last call.
+    pub fn take_deferred(&mut self) -> u64 {
+        std::mem::take(&mut self.deferred)
+    }
+
+    /// A death with its settled cause.
+    fn occurred(
+        &mut self,
+        record: &DeathRecord,
+        recovered_seconds: Option<f64>,
+        now: Timestamp,
+        out: &mut Vec<EventIntent>,
+    ) {
+        let key = SeriesKey {
+            pod_uid: record.id.pod_uid.clone(),
+            container: record.id.container.clone(),
+            cause: record.cause,
+        };
+        let killed_at = record.killed_at.unwrap_or(now);
+        let ongoing = self
+            .series
+            .get(&key)
+            .is_some_and(|series| series.last_seen + SERIES_IDLE > now);
+        if !ongoing {
+            self.serial += 1;
+            let prefix: String = record.pod.chars().take(MAX_NAME_PREFIX).collect();
+            let name = format!(
+                "{prefix}.{:x}.{}",
+                now.as_nanosecond().unsigned_abs(),
+                self.serial
+            );
+            self.series.insert(
+                key.clone(),
+                Series {
+                    name,
+                    regarding: Regarding {
+                        namespace: record.workload.namespace().clone(),
+                        name: record.pod.clone(),
+                        uid: record.id.pod_uid.clone(),
+                    },
+                    container: record.id.container.clone(),
+                    cause: record.cause,
+                    first_seen: now,
+                    last_seen: now,
+                    count: 0,
+                    kills: VecDeque::new(),
+                    exit_code: record.exit_code,
+                    memory_limit_bytes: record.memory_limit_bytes,
+                    recovered_seconds: None,
+                    newest: record.id.clone(),
+                    written: false,
+                    dirty: false,
+                },
+            );
+        }
+        let Some(series) = self.series.get_mut(&key) else {
+            return;
+        };
+        series.count = series.count.saturating_add(1);
+        series.last_seen = now;
+        series.kills.push_back(killed_at);
+        series.exit_code = record.exit_code;
+        series.memory_limit_bytes = record.memory_limit_bytes;
+        series.recovered_seconds = recovered_seconds;
+        series.newest = record.id.clone();
+        series.dirty = true;
+        if !self.write(&key, now, out) {
+            self.deferred += 1;
+        }
+    }
+
+    /// Emits the series' current state if the Pod's rate limit allows it at `now`.
+    fn write(&mut self, key: &SeriesKey, now: Timestamp, out: &mut Vec<EventIntent>) -> bool {
+        let Some(series) = self.series.get_mut(key) else {
+            return false;
+        };
+        let times = self.writes.entry(series.regarding.uid.clone()).or_default();
+        prune(times, now - MINUTE);
+        if times.len() >= self.max_per_minute {
+            return false;
+        }
+        times.push_back(now);
+        prune(&mut series.kills, now - HOUR);
+        out.push(EventIntent {
+            name: series.name.clone(),
+            regarding: series.regarding.clone(),
+            reason: series.cause.as_str(),
+            type_: event_type(series.cause),
+            note: note(series),
+            first_seen: series.first_seen,
+            count: series.count,
+            last_seen: series.last_seen,
+            create: !series.written,
+        });
+        series.written = true;
+        series.dirty = false;
+        true
+    }
+}
+
+/// Drops the times before `from`.
+fn prune(times: &mut VecDeque<Timestamp>, from: Timestamp) {
+    while times.front().is_some_and(|time| *time < from) {
+        times.pop_front();
+    }
+}
+
+/// Restarts the workload asked for (its restart rules) are no warning.
+fn event_type(cause: Cause) -> EventType {
+    match cause {
+        Cause::RestartRule | Cause::RestartAllContainers => EventType::Normal,
+        _ => EventType::Warning,
+    }
+}
+
+/// E.g. "Container api was OOM-killed (exit code 137, memory limit 48Mi); 10 times in
+/// the last hour; ready again 4.2 s after the kill".
+fn note(series: &Series) -> String {
+    let container = &series.container;
+    let mut note = match series.cause {
+        Cause::OOMKilled => format!("Container {container} was OOM-killed"),
+        Cause::LivenessProbeFailed => {
+            format!("Container {container} was killed by its liveness probe")
+        }
+        Cause::StartupProbeFailed => {
+            format!("Container {container} was killed by its startup probe")
+        }
+        cause => format!("Container {container} restarted: {}", cause.as_str()),
+    };
+    let _ = write!(note, " (exit code {}, ", series.exit_code);
+    match series.memory_limit_bytes {
+        Some(bytes) => {
+            let _ = write!(note, "memory limit {})", quantity(bytes));
+        }
+        None => note.push_str("no memory limit)"),
+    }
+    match series.kills.len() {
+        0 | 1 => note.push_str("; once in the last hour"),
+        times => {
+            let _ = write!(note, "; {times} times in the last hour");
+        }
+    }
+    if let Some(seconds) = series.recovered_seconds {
+        let _ = write!(note, "; ready again {seconds:.1} s after the kill");
+    }
+    note
+}
+
+/// Bytes as Kubernetes writes them: `48Mi`, `1Gi`, or plain bytes.
+fn quantity(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [
+        (1 << 40, "Ti"),
+        (1 << 30, "Gi"),
+        (1 << 20, "Mi"),
+        (1 << 10, "Ki"),
+    ];
+    for (size, unit) in UNITS {
+        if bytes >= size && bytes.is_multiple_of(size) {
+            return format!("{}{unit}", bytes / size);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::workload::Workload;
+
+    fn t(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).expect("valid")
+    }
+
+    fn id(key: u64) -> DeathId {
+        DeathId {
+            pod_uid: "uid-1".into(),
+            container: "api".into(),
+            key,
+        }
+    }
+
+    fn death(key: u64, cause: Cause, at: i64) -> IncidentUpdate {
+        IncidentUpdate::Death(DeathRecord {
+            id: id(key),
+            workload: Arc::new(Workload::new("grade", "Deployment", "grade-api")),
+            pod: "grade-api-7d9f-x2".into(),
+            pod_labels: Arc::default(),
+            cause,
+            exit_code: 137,
+            killed_at: Some(t(at)),
+            memory_limit_bytes: Some(48 * 1024 * 1024),
+        })
+    }
+
+    fn planner(max_per_minute: u32) -> EventPlanner {
+        EventPlanner::new(max_per_minute, SignedDuration::from_secs(5))
+    }
+
+    #[test]
+    fn a_crash_loop_is_one_event_with_a_series() {
+        let mut planner = planner(6);
+        let mut out = Vec::new();
+        for kill in 0_i64..10 {
+            let at = kill * 30;
+            planner.apply(
+                &death(kill.unsigned_abs(), Cause::OOMKilled, at),
+                t(at),
+                &mut out,
+            );
+            planner.tick(t(at + 1), &mut out);
+        }
+        assert_eq!(out.len(), 10, "every kill written: {out:#?}");
+        assert!(out[0].create);
+        assert!(out[1..].iter().all(|intent| !intent.create));
+        assert!(out.iter().all(|intent| intent.name == out[0].name));
+        let last = out.last().expect("written");
+        assert_eq!(last.count, 10);
+        assert_eq!(last.first_seen, t(0));
+        assert_eq!(last.last_seen, t(270));
+        assert_eq!(last.reason, "OOMKilled");
+        assert_eq!(last.type_, EventType::Warning);
+        assert_eq!(last.regarding.name.as_ref(), "grade-api-7d9f-x2");
+        assert_eq!(last.regarding.namespace.as_ref(), "grade");
+        assert_eq!(
+            last.note,
+            "Container api was OOM-killed (exit code 137, memory limit 48Mi); 10 times in the \
+             last hour"
+        );
+        assert_eq!(
+            out[0].note,
+            "Container api was OOM-killed (exit code 137, memory limit 48Mi); once in the \
+             last hour"
+        );
+        assert_eq!(planner.take_deferred(), 0);
+    }
+
+    #[test]
+    fn the_time_to_recover_updates_the_note_and_the_hour_slides() {
+        let mut planner = planner(6);
+        let mut out = Vec::new();
+        planner.apply(&death(1, Cause::OOMKilled, 0), t(0), &mut out);
+        planner.apply(
+            &IncidentUpdate::Recovered {
+                id: id(1),
+                ready_at: t(4),
+                seconds: 4.25,
+                phases: None,
+            },
+            t(4),
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].count, 1, "a recovery is no new occurrence");
+        assert!(!out[1].create);
+        assert!(
+            out[1]
+                .note
+                .ends_with("; once in the last hour; ready again 4.2 s after the kill"),
+            "{}",
+            out[1].note
+        );
+        // 50 minutes later: still the series, both kills within the hour.
+        planner.apply(&death(2, Cause::OOMKilled, 3000), t(3000), &mut out);
+        assert_eq!(out[2].name, out[0].name);
+        assert_eq!(out[2].count, 2);
+        assert!(
+            out[2].note.ends_with("; 2 times in the last hour"),
+            "{}",
+            out[2].note
+        );
+        // 40 minutes after that: the first kill has left the hour; the series goes on.
+        planner.apply(&death(3, Cause::OOMKilled, 5400), t(5400), &mut out);
+        assert_eq!(out[3].count, 3);
+        assert!(
+            out[3].note.ends_with("; 2 times in the last hour"),
+            "{}",
+            out[3].note
+        );
+        // Over an hour of quiet: a new Event.
+        planner.tick(t(9100), &mut out);
+        planner.apply(&death(4, Cause::OOMKilled, 9100), t(9100), &mut out);
+        let last = out.last().expect("written");
+        assert_ne!(last.name, out[0].name);
+        assert!(last.create);
+        assert_eq!(last.count, 1);
+    }
+
+    #[test]
+    fn the_rate_limit_defers_and_the_count_stays_exact() {
+        let mut planner = planner(3);
+        let mut out = Vec::new();
+        for kill in 0_u64..10 {
+            planner.apply(
+                &death(kill, Cause::OOMKilled, 0),
+                t(kill.cast_signed()),
+                &mut out,
+            );
+        }
+        assert_eq!(out.len(), 3, "3 writes in the minute: {out:#?}");
+        assert_eq!(planner.take_deferred(), 7);
+        planner.tick(t(30), &mut out);
+        assert_eq!(out.len(), 3, "still within the minute");
+        planner.tick(t(61), &mut out);
+        assert_eq!(out.len(), 4, "the deferred state, once");
+        assert_eq!(out[3].count, 10);
+        assert!(out[3].note.contains("10 times in the last hour"));
+        planner.tick(t(62), &mut out);
+        assert_eq!(out.len(), 4, "nothing more to write");
+        assert_eq!(planner.take_deferred(), 0);
+
+        // The limit is per Pod: another Pod writes meanwhile.
+        let mut other = death(20, Cause::OOMKilled, 0);
+        if let IncidentUpdate::Death(record) = &mut other {
+            record.id.pod_uid = "uid-2".into();
+            record.pod = "other".into();
+        }
+        planner.apply(&death(11, Cause::OOMKilled, 0), t(63), &mut out);
+        planner.apply(&death(12, Cause::OOMKilled, 0), t(63), &mut out);
+        planner.apply(&death(13, Cause::OOMKilled, 0), t(63), &mut out);
+        planner.apply(&other, t(63), &mut out);
+        assert_eq!(out.len(), 7);
+        assert_eq!(out[6].regarding.name.as_ref(), "other");
+        assert_eq!(planner.take_deferred(), 1);
+    }
+
+    #[test]
+    fn a_possible_probe_kill_waits_for_its_cause() {
+        let mut planner = planner(6);
+        let mut out = Vec::new();
+        planner.apply(&death(1, Cause::Error, 0), t(0), &mut out);
+        planner.tick(t(2), &mut out);
+        assert!(out.is_empty(), "held: the probe kill may still be seen");
+        planner.apply(
+            &IncidentUpdate::Attributed {
+                id: id(1),
+                cause: Cause::LivenessProbeFailed,
+            },
+            t(3),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].reason, "LivenessProbeFailed");
+        assert!(
+            out[0]
+                .note
+                .starts_with("Container api was killed by its liveness probe (exit code 137")
+        );
+
+        // Not attributed: written with the kubelet's reason once the wait is over, with
+        // the recovery seen meanwhile.
+        planner.apply(&death(2, Cause::Error, 10), t(10), &mut out);
+        planner.apply(
+            &IncidentUpdate::Recovered {
+                id: id(2),
+                ready_at: t(12),
+                seconds: 2.0,
+                phases: None,
+            },
+            t(12),
+            &mut out,
+        );
+        planner.tick(t(14), &mut out);
+        assert_eq!(out.len(), 1);
+        planner.tick(t(15), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].reason, "Error");
+        assert_ne!(out[1].name, out[0].name, "another cause, another Event");
+        assert_eq!(
+            out[1].note,
+            "Container api restarted: Error (exit code 137, memory limit 48Mi); once in the \
+             last hour; ready again 2.0 s after the kill"
+        );
+    }
+
+    #[test]
+    fn quantities_read_like_kubernetes() {
+        assert_eq!(quantity(50_331_648), "48Mi");
+        assert_eq!(quantity(1 << 30), "1Gi");
+        assert_eq!(quantity(1000), "1000");
+        assert_eq!(quantity(1536), "1536");
+    }
+}

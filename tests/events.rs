@@ -1,0 +1,153 @@
+//! End to end: with `[events] enabled = true` an OOM kill becomes an events.k8s.io/v1
+//! Event on its Pod, and the next kill updates that Event's series instead of creating
+//! another; with `[events]` off (the default) nothing is written.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use jiff::SignedDuration;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::json;
+
+/// The Events selfheal-exporter wrote about `pod`.
+async fn events_about(cluster: &Cluster, pod: &str) -> Vec<Event> {
+    let api: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+    api.list(&ListParams::default())
+        .await
+        .expect("events.k8s.io/v1 events listed")
+        .items
+        .into_iter()
+        .filter(|event| {
+            event.reporting_controller.as_deref() == Some("selfheal-exporter")
+                && event.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+        })
+        .collect()
+}
+
+/// Polls until `done` holds for the Events about `pod` (at most 20 s).
+async fn wait_for_events(
+    cluster: &Cluster,
+    pod: &str,
+    what: &str,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let start = Instant::now();
+    loop {
+        let events = events_about(cluster, pod).await;
+        if done(&events) {
+            return events;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: not within 20 s; the Events: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn series_count(event: &Event) -> i32 {
+    event.series.as_ref().map_or(1, |series| series.count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_is_an_event_on_the_pod_and_the_next_updates_its_series() {
+    let cluster = Cluster::start().await;
+    let uid = cluster.create_pod("oom", None, json!({})).await;
+    cluster.set_status("oom", running(0, true, None)).await;
+    let daemon = Daemon::start(&cluster, "[events]\nenabled = true\n").await;
+
+    let killed = now_s();
+    let first = death("OOMKilled", 137, "oom-0", killed);
+    cluster
+        .set_status("oom", running(1, true, Some(first)))
+        .await;
+    let events = wait_for_events(&cluster, "oom", "the OOM kill's Event", |events| {
+        !events.is_empty()
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event.reason.as_deref(), Some("OOMKilled"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.action.as_deref(), Some("Restart"));
+    assert!(event.event_time.is_some());
+    assert!(event.reporting_instance.is_some());
+    let regarding = event.regarding.as_ref().expect("regarding");
+    assert_eq!(regarding.kind.as_deref(), Some("Pod"));
+    assert_eq!(regarding.api_version.as_deref(), Some("v1"));
+    assert_eq!(regarding.namespace.as_deref(), Some(NS));
+    assert_eq!(regarding.uid.as_deref(), Some(uid.as_str()));
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("Container api was OOM-killed (exit code 137, memory limit 48Mi)"),
+        "{note}"
+    );
+    assert!(note.contains("once in the last hour"), "{note}");
+    let name = event.metadata.name.clone().expect("named");
+
+    // The second kill: the same Event, its series counting 2.
+    let second = death(
+        "OOMKilled",
+        137,
+        "oom-1",
+        killed + SignedDuration::from_secs(2),
+    );
+    cluster
+        .set_status("oom", running(2, true, Some(second)))
+        .await;
+    let events = wait_for_events(&cluster, "oom", "the series updated", |events| {
+        events.iter().any(|event| series_count(event) == 2)
+    })
+    .await;
+    assert_eq!(events.len(), 1, "one Event for the series: {events:#?}");
+    let event = &events[0];
+    assert_eq!(event.metadata.name.as_ref(), Some(&name));
+    let series = event.series.as_ref().expect("series");
+    assert_eq!(series.count, 2);
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(note.contains("2 times in the last hour"), "{note}");
+
+    let scrape = daemon
+        .wait_for("the writes counted", |s| {
+            s.get("selfheal_events_written_total", &[]) >= Some(2.0)
+        })
+        .await;
+    assert_eq!(
+        scrape.get("selfheal_event_write_errors_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(scrape.get("selfheal_events_dropped_total", &[]), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_events_enabled_nothing_is_written() {
+    let cluster = Cluster::start().await;
+    cluster.create_pod("quiet", None, json!({})).await;
+    cluster.set_status("quiet", running(0, true, None)).await;
+    let daemon = Daemon::start(&cluster, "").await;
+
+    let d = death("OOMKilled", 137, "quiet-0", now_s());
+    cluster.set_status("quiet", running(1, true, Some(d))).await;
+    let labels = [("workload", "quiet"), ("container", "api")];
+    let scrape = daemon
+        .wait_for("the OOM kill counted", |s| {
+            s.get("selfheal_container_oom_kills_total", &labels) == Some(1.0)
+        })
+        .await;
+    assert!(
+        !scrape.has("selfheal_events_written_total", &[]),
+        "no Event writer without [events]"
+    );
+    // Well past the time a write takes when enabled (above: within a second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let api: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+    let written = api
+        .list(&ListParams::default())
+        .await
+        .expect("listed")
+        .items;
+    assert!(written.is_empty(), "{written:#?}");
+}
