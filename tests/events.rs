@@ -1,6 +1,7 @@
 //! End to end: with `[events] enabled = true` an OOM kill becomes an events.k8s.io/v1
 //! Event on its Pod, and the next kill updates that Event's series instead of creating
-//! another; with `[events]` off (the default) nothing is written.
+//! another; an outage of a discovered Service becomes an Event on the Service naming the
+//! restart behind it; with `[events]` off (the default) nothing is written.
 
 mod common;
 
@@ -12,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::json;
 
-/// The Events selfheal-exporter wrote about `pod`.
+/// The Events selfheal-exporter wrote about the object `pod` (a Pod or a Service).
 async fn events_about(cluster: &Cluster, pod: &str) -> Vec<Event> {
     let api: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
     api.list(&ListParams::default())
@@ -120,6 +121,75 @@ async fn an_oom_kill_is_an_event_on_the_pod_and_the_next_updates_its_series() {
         Some(0.0)
     );
     assert_eq!(scrape.get("selfheal_events_dropped_total", &[]), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_an_event_on_the_service_naming_the_restart_behind_it() {
+    let cluster = Cluster::start().await;
+    cluster
+        .create_pod("api-0", None, json!({"app": "api"}))
+        .await;
+    cluster.set_status("api-0", running(0, true, None)).await;
+    let mut target = Flaky::start().await;
+    let service = cluster
+        .create(
+            Kind::Service,
+            json!({
+                "metadata": {"name": "api", "annotations": {
+                    "selfheal.io/probe": "true", "selfheal.io/probe-interval": "100ms"}},
+                "spec": {"type": "NodePort", "selector": {"app": "api"},
+                         "ports": [{"name": "http", "port": 3000, "targetPort": 3000,
+                                    "nodePort": target.port}]}
+            }),
+        )
+        .await;
+    let service_uid = service["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let config = "[probes]\nservice_address = \"node_port\"\n[events]\nenabled = true\n";
+    let daemon = Daemon::start(&cluster, config).await;
+    let api = [("target", "grade-submission/api")];
+    daemon
+        .wait_for("the Service probed and up", |s| {
+            s.get("selfheal_probe_up", &api) == Some(1.0)
+        })
+        .await;
+
+    target.down().await;
+    let killed = now_s();
+    let d = death("OOMKilled", 137, "api-c0", killed);
+    cluster
+        .set_status("api-0", terminated(0, d.clone(), None))
+        .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.set_status("api-0", running(1, true, Some(d))).await;
+    target.up().await;
+
+    let events = wait_for_events(&cluster, "api", "the outage's Event", |events| {
+        !events.is_empty()
+    })
+    .await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let event = &events[0];
+    assert_eq!(event.reason.as_deref(), Some("ProbeOutage"));
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let regarding = event.regarding.as_ref().expect("regarding");
+    assert_eq!(regarding.kind.as_deref(), Some("Service"));
+    assert_eq!(regarding.uid.as_deref(), Some(service_uid.as_str()));
+    let note = event.note.as_deref().unwrap_or_default();
+    assert!(
+        note.starts_with("Probe target grade-submission/api was down"),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!(
+            "the OOMKilled restart of container api in pod api-0 (killed at {})",
+            rfc3339(killed)
+        )),
+        "{note}"
+    );
+    // The Pod's own Event is there too.
+    let on_pod = events_about(&cluster, "api-0").await;
+    assert_eq!(on_pod.len(), 1, "{on_pod:#?}");
+    assert_eq!(on_pod[0].reason.as_deref(), Some("OOMKilled"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

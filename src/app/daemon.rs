@@ -363,7 +363,7 @@ impl Exporter {
     ) {
         let (target_changes, changes) = tokio::sync::mpsc::channel(256);
         let events = self.events.map(|setup| {
-            let (sink, updates) = EventSink::channel(QUEUE_CAPACITY, &setup.metrics);
+            let (sink, inputs) = EventSink::channel(QUEUE_CAPACITY, &setup.metrics);
             supervisor.spawn(
                 "Event writer",
                 EventWriter {
@@ -373,7 +373,7 @@ impl Exporter {
                         setup.attribution_wait,
                     ),
                     metrics: setup.metrics,
-                    updates,
+                    inputs,
                     instance: EventWriter::instance_from_env(),
                 }
                 .run(stopped.clone()),
@@ -401,6 +401,10 @@ impl Exporter {
         let prober = match leadership {
             Some(leadership) => self.prober.with_leadership(leadership),
             None => self.prober,
+        };
+        let prober = match &events {
+            Some(sink) => prober.with_events(sink.clone()),
+            None => prober,
         };
         supervisor.spawn("prober", prober.run(changes, stopped.clone()));
         supervisor.spawn(

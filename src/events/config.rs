@@ -8,12 +8,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsConfig {
-    /// Write one Event per classified restart, regarding the Pod. Off by default: it
+    /// Write one Event per classified restart, regarding the Pod, and one per outage of a
+    /// discovered probe target, regarding its Service. Off by default: it
     /// needs `create` and `patch` on `events.k8s.io` events (the chart's
     /// `events.enabled` grants them).
     pub enabled: bool,
-    /// At most this many writes (creates or updates) per Pod per minute; what comes
-    /// faster is folded into the next allowed write (the Event's series count stays
+    /// At most this many writes (creates or updates) per Pod or Service per minute; what
+    /// comes faster is folded into the next allowed write (the Event's series count stays
     /// exact). 1 to 60.
     pub max_per_object_per_minute: u32,
 }

@@ -1,10 +1,13 @@
 //! Kubernetes Events for what the daemon knows and Kubernetes does not record: one
-//! events.k8s.io/v1 Event per classified restart, regarding the Pod (`[events]`, off by
-//! default). Kubernetes writes no Event for an OOM kill (kubernetes/kubernetes#69676), so
-//! without this `kubectl describe pod` shows nothing of it.
+//! events.k8s.io/v1 Event per classified restart, regarding the Pod, and one per probe
+//! outage of a discovered target, regarding its Service and naming the restart behind it
+//! (`[events]`, off by default). Kubernetes writes no Event for an OOM kill
+//! (kubernetes/kubernetes#69676), so without this `kubectl describe pod` shows nothing of
+//! it.
 //!
-//! The watch loop hands every incident update to an [`EventSink`] without waiting (a
-//! full queue drops the update and counts it); the [`writer::EventWriter`] task, started
+//! The watch loop hands every incident update, the prober every ended outage, to an
+//! [`EventSink`] without waiting (a full queue drops it and counts it); the
+//! [`writer::EventWriter`] task, started
 //! with the exporting pipelines (so only the leader, or each shard for its own pods,
 //! writes), turns them into writes with the pure [`planner::EventPlanner`] (series
 //! aggregation, per-Pod rate limit, the note) and does the API calls. A failed write is
@@ -18,10 +21,25 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use crate::correlate::incidents::OutageIncident;
 use crate::observe::IncidentUpdate;
 
-/// Incident updates waiting for the writer; more are dropped (and counted).
+/// Inputs waiting for the writer; more are dropped (and counted).
 pub const QUEUE_CAPACITY: usize = 1024;
+
+/// What the writer is told.
+#[derive(Clone, Debug)]
+pub enum EventInput {
+    /// From the watch loop: a death, its attribution, its recovery.
+    Incident(IncidentUpdate),
+    /// From the prober: an ended outage of a target on the Service `service_uid`.
+    Outage {
+        outage: Box<OutageIncident>,
+        service_uid: Arc<str>,
+    },
+}
 
 /// The Event writer's counters.
 #[derive(Clone, Debug, Default)]
@@ -39,7 +57,8 @@ impl EventMetrics {
         let metrics = EventMetrics::default();
         registry.register(
             "events_written",
-            "Kubernetes Events created or updated (events.k8s.io/v1, one per restart series)",
+            "Kubernetes Events created or updated (events.k8s.io/v1, one per restart or outage \
+             series)",
             metrics.written.clone(),
         );
         registry.register(
@@ -49,23 +68,24 @@ impl EventMetrics {
         );
         registry.register(
             "events_dropped",
-            "Incident updates not turned into Events because the writer's queue was full",
+            "Incident updates and outages not turned into Events because the writer's queue \
+             was full",
             metrics.dropped.clone(),
         );
         registry.register(
             "events_rate_limited",
-            "Event writes deferred by the per-Pod rate limit (the next allowed write carries \
-             the newest count)",
+            "Event writes deferred by the per-object rate limit (the next allowed write \
+             carries the newest count)",
             metrics.rate_limited.clone(),
         );
         metrics
     }
 }
 
-/// The watch loop's end of the writer's queue.
+/// The watch loop's and the prober's end of the writer's queue.
 #[derive(Clone, Debug)]
 pub struct EventSink {
-    sender: mpsc::Sender<IncidentUpdate>,
+    sender: mpsc::Sender<EventInput>,
     dropped: Counter,
 }
 
@@ -74,7 +94,7 @@ impl EventSink {
     pub fn channel(
         capacity: usize,
         metrics: &EventMetrics,
-    ) -> (EventSink, mpsc::Receiver<IncidentUpdate>) {
+    ) -> (EventSink, mpsc::Receiver<EventInput>) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         (
             EventSink {
@@ -87,7 +107,19 @@ impl EventSink {
 
     /// Queues the update for the writer without waiting; drops it (counted) when full.
     pub fn offer(&self, update: &IncidentUpdate) {
-        if self.sender.try_send(update.clone()).is_err() {
+        self.send(EventInput::Incident(update.clone()));
+    }
+
+    /// Queues an ended outage of a target on the Service `service_uid`, likewise.
+    pub fn offer_outage(&self, outage: &OutageIncident, service_uid: &Arc<str>) {
+        self.send(EventInput::Outage {
+            outage: Box::new(outage.clone()),
+            service_uid: service_uid.clone(),
+        });
+    }
+
+    fn send(&self, input: EventInput) {
+        if self.sender.try_send(input).is_err() {
             self.dropped.inc();
         }
     }
@@ -114,8 +146,8 @@ mod tests {
             sink.offer(&update);
         }
         assert_eq!(metrics.dropped.get(), 3);
-        assert!(receiver.try_recv().is_ok());
-        assert!(receiver.try_recv().is_ok());
+        assert!(matches!(receiver.try_recv(), Ok(EventInput::Incident(_))));
+        assert!(matches!(receiver.try_recv(), Ok(EventInput::Incident(_))));
         assert!(receiver.try_recv().is_err());
     }
 }

@@ -1,16 +1,17 @@
-//! From incident updates to event intents: which Event to create or update, with what
-//! reason, note and series count. Pure and synchronous, with the time as an input, so
-//! that tests replay any timeline; [`super::writer`] does the API calls.
+//! From incident updates and outages to event intents: which Event to create or update,
+//! with what reason, note and series count. Pure and synchronous, with the time as an
+//! input, so that tests replay any timeline; [`super::writer`] does the API calls.
 //!
-//! - One Event per series: the deaths of one container of one Pod for one cause, while
-//!   they keep coming within [`SERIES_IDLE`] of each other. A crash loop is one Event
-//!   whose series count and note are updated, as the events.k8s.io/v1 API intends.
+//! - One Event per series: the deaths of one container of one Pod for one cause, or the
+//!   outages of one probe target on its Service, while they keep coming within
+//!   [`SERIES_IDLE`] of each other. A crash loop is one Event whose series count and note
+//!   are updated, as the events.k8s.io/v1 API intends.
 //! - A death whose cause may still turn out to be a probe kill is held until the
 //!   observer attributes it or the attribution wait has passed, so that its Event
 //!   names the final cause, never a cause taken back.
-//! - At most `max_per_object_per_minute` writes per Pod: a write that would exceed it is
-//!   deferred, and the series' newest state is written once the minute allows
-//!   ([`EventPlanner::tick`]), so nothing is lost but intermediate counts.
+//! - At most `max_per_object_per_minute` writes per Pod (or Service): a write that would
+//!   exceed it is deferred, and the series' newest state is written once the minute
+//!   allows ([`EventPlanner::tick`]), so nothing is lost but intermediate counts.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 
+use crate::correlate::incidents::{OutageIncident, RestartIncident};
 use crate::observe::{Cause, DeathId, DeathRecord, IncidentUpdate};
 
 /// A series ends when its container has not died of its cause for this long; the next
@@ -33,9 +35,11 @@ const MINUTE: SignedDuration = SignedDuration::from_mins(1);
 /// The longest Pod name kept in an Event's name (which must stay below 253 characters).
 const MAX_NAME_PREFIX: usize = 200;
 
-/// The object an Event is about: a Pod.
+/// The object an Event is about: a Pod (restarts) or a Service (outages).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Regarding {
+    /// `Pod` or `Service` (both core/v1).
+    pub kind: &'static str,
     pub namespace: Arc<str>,
     pub name: Arc<str>,
     pub uid: Arc<str>,
@@ -63,8 +67,10 @@ pub struct EventIntent {
     /// The Event object's name (in the Pod's namespace), the same for a whole series.
     pub name: String,
     pub regarding: Regarding,
-    /// The cause (`OOMKilled`, `LivenessProbeFailed`, …).
+    /// The cause (`OOMKilled`, `LivenessProbeFailed`, …), or [`OUTAGE_REASON`].
     pub reason: &'static str,
+    /// [`RESTART_ACTION`] or [`OUTAGE_ACTION`].
+    pub action: &'static str,
     pub type_: EventType,
     pub note: String,
     /// The series' first occurrence: the Event's `eventTime`.
@@ -77,32 +83,57 @@ pub struct EventIntent {
     pub create: bool,
 }
 
-/// The Event's `action`: what happened to the regarding Pod.
-pub const ACTION: &str = "Restart";
+/// The `action` of a restart's Event: what happened to the regarding Pod.
+pub const RESTART_ACTION: &str = "Restart";
+/// The `action` of an outage's Event.
+pub const OUTAGE_ACTION: &str = "Probe";
+/// The `reason` of an outage's Event (the note names the cause).
+pub const OUTAGE_REASON: &str = "ProbeOutage";
 
+/// A series: one container and cause of a Pod, or one probe target of a Service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct SeriesKey {
-    pod_uid: Arc<str>,
-    container: Arc<str>,
-    cause: Cause,
+    uid: Arc<str>,
+    /// The container, or the probe target.
+    subject: Arc<str>,
+    reason: &'static str,
+}
+
+/// What the newest occurrence of a series was.
+#[derive(Debug)]
+enum Occurrence {
+    Restart {
+        container: Arc<str>,
+        cause: Cause,
+        exit_code: i32,
+        memory_limit_bytes: Option<u64>,
+        /// The death's time to recover, once known.
+        recovered_seconds: Option<f64>,
+        id: DeathId,
+    },
+    Outage {
+        target: Arc<str>,
+        start: Timestamp,
+        downtime_seconds: f64,
+        failed_probes: u64,
+        /// The restart behind it, if one explains it.
+        restart: Option<Box<RestartIncident>>,
+    },
 }
 
 #[derive(Debug)]
 struct Series {
     name: String,
     regarding: Regarding,
-    container: Arc<str>,
-    cause: Cause,
+    reason: &'static str,
+    action: &'static str,
+    type_: EventType,
     first_seen: Timestamp,
     last_seen: Timestamp,
     count: u32,
-    /// Kill times within the last hour.
-    kills: VecDeque<Timestamp>,
-    exit_code: i32,
-    memory_limit_bytes: Option<u64>,
-    /// The newest death's time to recover, once known.
-    recovered_seconds: Option<f64>,
-    newest: DeathId,
+    /// Occurrence times within the last hour.
+    times: VecDeque<Timestamp>,
+    newest: Occurrence,
     written: bool,
     /// Changed since the last write (a write was deferred by the rate limit).
     dirty: bool,
@@ -155,14 +186,14 @@ impl EventPlanner {
                         recovered_seconds: None,
                     });
                 } else {
-                    self.occurred(record, None, now, out);
+                    self.died(record, None, now, out);
                 }
             }
             IncidentUpdate::Attributed { id, cause } => {
                 if let Some(index) = self.held.iter().position(|held| &held.record.id == id) {
                     let mut held = self.held.swap_remove(index);
                     held.record.cause = *cause;
-                    self.occurred(&held.record, held.recovered_seconds, now, out);
+                    self.died(&held.record, held.recovered_seconds, now, out);
                 }
             }
             IncidentUpdate::Recovered { id, seconds, .. } => {
@@ -173,12 +204,19 @@ impl EventPlanner {
                 let key = self
                     .series
                     .iter()
-                    .find(|(_, series)| &series.newest == id)
+                    .find(|(_, series)| {
+                        matches!(&series.newest, Occurrence::Restart { id: newest, .. } if newest == id)
+                    })
                     .map(|(key, _)| key.clone());
                 if let Some(key) = key
                     && let Some(series) = self.series.get_mut(&key)
                 {
-                    series.recovered_seconds = Some(*seconds);
+                    if let Occurrence::Restart {
+                        recovered_seconds, ..
+                    } = &mut series.newest
+                    {
+                        *recovered_seconds = Some(*seconds);
+                    }
                     series.dirty = true;
                     if !self.write(&key, now, out) {
                         self.deferred += 1;
@@ -195,7 +233,7 @@ impl EventPlanner {
         while index < self.held.len() {
             if self.held[index].until <= now {
                 let held = self.held.swap_remove(index);
-                self.occurred(&held.record, held.recovered_seconds, now, out);
+                self.died(&held.record, held.recovered_seconds, now, out);
             } else {
                 index += 1;
             }
@@ -222,27 +260,93 @@ impl EventPlanner {
         std::mem::take(&mut self.deferred)
     }
 
+    /// An ended outage of a discovered target, on its Service (UID `service_uid`).
+    pub fn outage(
+        &mut self,
+        outage: &OutageIncident,
+        service_uid: &Arc<str>,
+        now: Timestamp,
+        out: &mut Vec<EventIntent>,
+    ) {
+        let (Some(namespace), Some(service)) = (&outage.namespace, &outage.service) else {
+            return;
+        };
+        let regarding = Regarding {
+            kind: "Service",
+            namespace: namespace.clone(),
+            name: service.clone(),
+            uid: service_uid.clone(),
+        };
+        let occurrence = Occurrence::Outage {
+            target: outage.target.clone(),
+            start: outage.start,
+            downtime_seconds: outage.downtime_seconds,
+            failed_probes: outage.failed_probes,
+            restart: outage.restart.clone().map(Box::new),
+        };
+        self.occurred(regarding, OUTAGE_REASON, occurrence, outage.start, now, out);
+    }
+
     /// A death with its settled cause.
-    fn occurred(
+    fn died(
         &mut self,
         record: &DeathRecord,
         recovered_seconds: Option<f64>,
         now: Timestamp,
         out: &mut Vec<EventIntent>,
     ) {
-        let key = SeriesKey {
-            pod_uid: record.id.pod_uid.clone(),
+        let regarding = Regarding {
+            kind: "Pod",
+            namespace: record.workload.namespace().clone(),
+            name: record.pod.clone(),
+            uid: record.id.pod_uid.clone(),
+        };
+        let occurrence = Occurrence::Restart {
             container: record.id.container.clone(),
             cause: record.cause,
+            exit_code: record.exit_code,
+            memory_limit_bytes: record.memory_limit_bytes,
+            recovered_seconds,
+            id: record.id.clone(),
         };
-        let killed_at = record.killed_at.unwrap_or(now);
+        let at = record.killed_at.unwrap_or(now);
+        self.occurred(regarding, record.cause.as_str(), occurrence, at, now, out);
+    }
+
+    /// The next occurrence of a series (a new one if it has ended), `at` its own time.
+    fn occurred(
+        &mut self,
+        regarding: Regarding,
+        reason: &'static str,
+        occurrence: Occurrence,
+        at: Timestamp,
+        now: Timestamp,
+        out: &mut Vec<EventIntent>,
+    ) {
+        let (subject, action, type_) = match &occurrence {
+            Occurrence::Restart {
+                container, cause, ..
+            } => (container.clone(), RESTART_ACTION, event_type(*cause)),
+            Occurrence::Outage { target, .. } => {
+                (target.clone(), OUTAGE_ACTION, EventType::Warning)
+            }
+        };
+        let key = SeriesKey {
+            uid: regarding.uid.clone(),
+            subject,
+            reason,
+        };
         let ongoing = self
             .series
             .get(&key)
             .is_some_and(|series| series.last_seen + SERIES_IDLE > now);
-        if !ongoing {
+        if ongoing {
+            if let Some(series) = self.series.get_mut(&key) {
+                series.newest = occurrence;
+            }
+        } else {
             self.serial += 1;
-            let prefix: String = record.pod.chars().take(MAX_NAME_PREFIX).collect();
+            let prefix: String = regarding.name.chars().take(MAX_NAME_PREFIX).collect();
             let name = format!(
                 "{prefix}.{:x}.{}",
                 now.as_nanosecond().unsigned_abs(),
@@ -252,21 +356,15 @@ impl EventPlanner {
                 key.clone(),
                 Series {
                     name,
-                    regarding: Regarding {
-                        namespace: record.workload.namespace().clone(),
-                        name: record.pod.clone(),
-                        uid: record.id.pod_uid.clone(),
-                    },
-                    container: record.id.container.clone(),
-                    cause: record.cause,
+                    regarding,
+                    reason,
+                    action,
+                    type_,
                     first_seen: now,
                     last_seen: now,
                     count: 0,
-                    kills: VecDeque::new(),
-                    exit_code: record.exit_code,
-                    memory_limit_bytes: record.memory_limit_bytes,
-                    recovered_seconds: None,
-                    newest: record.id.clone(),
+                    times: VecDeque::new(),
+                    newest: occurrence,
                     written: false,
                     dirty: false,
                 },
@@ -277,11 +375,7 @@ impl EventPlanner {
         };
         series.count = series.count.saturating_add(1);
         series.last_seen = now;
-        series.kills.push_back(killed_at);
-        series.exit_code = record.exit_code;
-        series.memory_limit_bytes = record.memory_limit_bytes;
-        series.recovered_seconds = recovered_seconds;
-        series.newest = record.id.clone();
+        series.times.push_back(at);
         series.dirty = true;
         if !self.write(&key, now, out) {
             self.deferred += 1;
@@ -299,12 +393,13 @@ impl EventPlanner {
             return false;
         }
         times.push_back(now);
-        prune(&mut series.kills, now - HOUR);
+        prune(&mut series.times, now - HOUR);
         out.push(EventIntent {
             name: series.name.clone(),
             regarding: series.regarding.clone(),
-            reason: series.cause.as_str(),
-            type_: event_type(series.cause),
+            reason: series.reason,
+            action: series.action,
+            type_: series.type_,
             note: note(series),
             first_seen: series.first_seen,
             count: series.count,
@@ -333,36 +428,80 @@ fn event_type(cause: Cause) -> EventType {
 }
 
 /// E.g. "Container api was OOM-killed (exit code 137, memory limit 48Mi); 10 times in
-/// the last hour; ready again 4.2 s after the kill".
+/// the last hour; ready again 4.2 s after the kill", or "Probe target grade/api was down
+/// 3.0 s (4 failed probes) from 2027-01-15T08:00:00Z: the OOMKilled restart of container
+/// api in pod grade-api-x2 (killed at …); once in the last hour".
 fn note(series: &Series) -> String {
-    let container = &series.container;
-    let mut note = match series.cause {
-        Cause::OOMKilled => format!("Container {container} was OOM-killed"),
-        Cause::LivenessProbeFailed => {
-            format!("Container {container} was killed by its liveness probe")
+    let times = series.times.len();
+    match &series.newest {
+        Occurrence::Restart {
+            container,
+            cause,
+            exit_code,
+            memory_limit_bytes,
+            recovered_seconds,
+            ..
+        } => {
+            let mut note = match cause {
+                Cause::OOMKilled => format!("Container {container} was OOM-killed"),
+                Cause::LivenessProbeFailed => {
+                    format!("Container {container} was killed by its liveness probe")
+                }
+                Cause::StartupProbeFailed => {
+                    format!("Container {container} was killed by its startup probe")
+                }
+                cause => format!("Container {container} restarted: {}", cause.as_str()),
+            };
+            let _ = write!(note, " (exit code {exit_code}, ");
+            match memory_limit_bytes {
+                Some(bytes) => {
+                    let _ = write!(note, "memory limit {})", quantity(*bytes));
+                }
+                None => note.push_str("no memory limit)"),
+            }
+            in_the_last_hour(&mut note, times);
+            if let Some(seconds) = recovered_seconds {
+                let _ = write!(note, "; ready again {seconds:.1} s after the kill");
+            }
+            note
         }
-        Cause::StartupProbeFailed => {
-            format!("Container {container} was killed by its startup probe")
+        Occurrence::Outage {
+            target,
+            start,
+            downtime_seconds,
+            failed_probes,
+            restart,
+        } => {
+            let mut note = format!(
+                "Probe target {target} was down {downtime_seconds:.1} s ({failed_probes} failed \
+                 probes) from {start}: "
+            );
+            match restart {
+                Some(restart) => {
+                    let _ = write!(
+                        note,
+                        "the {} restart of container {} in pod {}",
+                        restart.cause, restart.container, restart.pod
+                    );
+                    if let Some(killed_at) = restart.killed_at {
+                        let _ = write!(note, " (killed at {killed_at})");
+                    }
+                }
+                None => note.push_str("no restart of the pods behind it explains it"),
+            }
+            in_the_last_hour(&mut note, times);
+            note
         }
-        cause => format!("Container {container} restarted: {}", cause.as_str()),
-    };
-    let _ = write!(note, " (exit code {}, ", series.exit_code);
-    match series.memory_limit_bytes {
-        Some(bytes) => {
-            let _ = write!(note, "memory limit {})", quantity(bytes));
-        }
-        None => note.push_str("no memory limit)"),
     }
-    match series.kills.len() {
+}
+
+fn in_the_last_hour(note: &mut String, times: usize) {
+    match times {
         0 | 1 => note.push_str("; once in the last hour"),
         times => {
             let _ = write!(note, "; {times} times in the last hour");
         }
     }
-    if let Some(seconds) = series.recovered_seconds {
-        let _ = write!(note, "; ready again {seconds:.1} s after the kill");
-    }
-    note
 }
 
 /// Bytes as Kubernetes writes them: `48Mi`, `1Gi`, or plain bytes.
@@ -589,6 +728,66 @@ mod tests {
             "Container api restarted: Error (exit code 137, memory limit 48Mi); once in the \
              last hour; ready again 2.0 s after the kill"
         );
+    }
+
+    #[test]
+    fn an_outage_is_an_event_on_its_service_naming_the_restart_behind_it() {
+        use crate::correlate::incidents::{Fronts, IncidentLog, OutageReport};
+        let mut log = IncidentLog::new(10, std::time::Duration::from_secs(2));
+        log.apply(&death(1, Cause::OOMKilled, 100));
+        let report = |start: i64, fronts: Option<Fronts>| OutageReport {
+            target: "grade/grade-api".into(),
+            namespace: Some("grade".into()),
+            service: Some("grade-api".into()),
+            start: t(start),
+            end: t(start + 3),
+            failed_probes: 4,
+            probe_interval: std::time::Duration::from_secs(1),
+            fronts,
+        };
+        let fronts = Fronts::Workload(Workload::new("grade", "Deployment", "grade-api"));
+        let explained = log.record_outage(report(101, Some(fronts))).clone();
+        let unexplained = log.record_outage(report(500, None)).clone();
+        let service: Arc<str> = "svc-uid".into();
+
+        let mut planner = planner(6);
+        let mut out = Vec::new();
+        planner.outage(&explained, &service, t(104), &mut out);
+        assert_eq!(out.len(), 1);
+        let intent = &out[0];
+        assert_eq!(intent.regarding.kind, "Service");
+        assert_eq!(intent.regarding.name.as_ref(), "grade-api");
+        assert_eq!(intent.regarding.uid.as_ref(), "svc-uid");
+        assert_eq!(intent.reason, OUTAGE_REASON);
+        assert_eq!(intent.action, OUTAGE_ACTION);
+        assert_eq!(intent.type_, EventType::Warning);
+        assert_eq!(
+            intent.note,
+            format!(
+                "Probe target grade/grade-api was down 3.0 s (4 failed probes) from {}: the \
+                 OOMKilled restart of container api in pod grade-api-7d9f-x2 (killed at {}); \
+                 once in the last hour",
+                t(101),
+                t(100)
+            )
+        );
+        // The next outage of the target updates the same Event.
+        planner.outage(&unexplained, &service, t(503), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].name, out[0].name);
+        assert_eq!(out[1].count, 2);
+        assert!(
+            out[1].note.ends_with(
+                ": no restart of the pods behind it explains it; 2 times in the last hour"
+            ),
+            "{}",
+            out[1].note
+        );
+        // A target without a Service (static) has no object to write about.
+        let mut static_target = explained.clone();
+        static_target.service = None;
+        planner.outage(&static_target, &service, t(600), &mut out);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

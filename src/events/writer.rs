@@ -1,4 +1,4 @@
-//! The Event writer task: incident updates from the queue through the
+//! The Event writer task: incident updates and outages from the queue through the
 //! [`EventPlanner`], then one API call per intent: a create for a new Event, a merge
 //! patch of `note` and `series` for the next occurrence (falling back to the other call
 //! when the Event turns out to exist already, or to be gone: expired by the API
@@ -18,9 +18,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Error};
 use tokio::sync::{mpsc, watch};
 
-use super::EventMetrics;
-use super::planner::{ACTION, EventIntent, EventPlanner};
-use crate::observe::IncidentUpdate;
+use super::planner::{EventIntent, EventPlanner};
+use super::{EventInput, EventMetrics};
 
 /// The Events' `reportingController`.
 pub const REPORTING_CONTROLLER: &str = "selfheal-exporter";
@@ -36,7 +35,7 @@ pub struct EventWriter {
     pub client: Client,
     pub planner: EventPlanner,
     pub metrics: EventMetrics,
-    pub updates: mpsc::Receiver<IncidentUpdate>,
+    pub inputs: mpsc::Receiver<EventInput>,
     /// The Events' `reportingInstance`: this replica.
     pub instance: String,
 }
@@ -62,8 +61,13 @@ impl EventWriter {
             tokio::select! {
                 biased;
                 _ = stopped.wait_for(|stop| *stop) => break,
-                update = self.updates.recv() => match update {
-                    Some(update) => self.planner.apply(&update, Timestamp::now(), &mut out),
+                input = self.inputs.recv() => match input {
+                    Some(EventInput::Incident(update)) => {
+                        self.planner.apply(&update, Timestamp::now(), &mut out);
+                    }
+                    Some(EventInput::Outage { outage, service_uid }) => {
+                        self.planner.outage(&outage, &service_uid, Timestamp::now(), &mut out);
+                    }
                     None => break,
                 },
                 _ = ticker.tick() => self.planner.tick(Timestamp::now(), &mut out),
@@ -81,7 +85,8 @@ impl EventWriter {
                         tracing::warn!(
                             event = %intent.name,
                             namespace = %intent.regarding.namespace,
-                            pod = %intent.regarding.name,
+                            kind = intent.regarding.kind,
+                            regarding = %intent.regarding.name,
                             reason = intent.reason,
                             "cannot write the Kubernetes Event: {error}"
                         );
@@ -146,7 +151,7 @@ impl EventWriter {
                 namespace: Some(intent.regarding.namespace.to_string()),
                 ..ObjectMeta::default()
             },
-            action: Some(ACTION.to_owned()),
+            action: Some(intent.action.to_owned()),
             reason: Some(intent.reason.to_owned()),
             note: Some(intent.note.clone()),
             type_: Some(intent.type_.as_str().to_owned()),
@@ -154,7 +159,7 @@ impl EventWriter {
             series: series(intent),
             regarding: Some(ObjectReference {
                 api_version: Some("v1".to_owned()),
-                kind: Some("Pod".to_owned()),
+                kind: Some(intent.regarding.kind.to_owned()),
                 name: Some(intent.regarding.name.to_string()),
                 namespace: Some(intent.regarding.namespace.to_string()),
                 uid: Some(intent.regarding.uid.to_string()),
