@@ -193,6 +193,83 @@ async fn an_outage_is_an_event_on_the_service_naming_the_restart_behind_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_leader_election_only_the_leader_writes() {
+    let cluster = Cluster::start().await;
+    cluster.create_pod("led", None, json!({})).await;
+    cluster.set_status("led", running(0, true, None)).await;
+    let config = "[probes]\ndiscovery = false\n\
+                  [leader_election]\nenabled = true\nlease_duration = \"3s\"\ngrace = \"1s\"\n\
+                  retry_period = \"200ms\"\n[events]\nenabled = true\n";
+    let a = Daemon::start_with_env(
+        &cluster,
+        config,
+        &[("POD_NAMESPACE", NS), ("POD_NAME", "replica-a")],
+    )
+    .await;
+    let b = Daemon::start_with_env(
+        &cluster,
+        config,
+        &[("POD_NAMESPACE", NS), ("POD_NAME", "replica-b")],
+    )
+    .await;
+    let start = Instant::now();
+    let (leader, standby, leader_name) = loop {
+        let (sa, sb) = (a.scrape().await, b.scrape().await);
+        match (
+            sa.get("selfheal_leader", &[]),
+            sb.get("selfheal_leader", &[]),
+        ) {
+            (Some(1.0), _) => break (&a, &b, "replica-a"),
+            (_, Some(1.0)) => break (&b, &a, "replica-b"),
+            _ => {}
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "nobody leads");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Its first pod list is the baseline: kill after it.
+    leader
+        .wait_for("the leader's pods listed", |s| {
+            s.get(
+                "selfheal_watch_events_total",
+                &[("resource", "pods"), ("type", "init_done")],
+            ) >= Some(1.0)
+        })
+        .await;
+
+    let d = death("OOMKilled", 137, "led-0", now_s());
+    cluster.set_status("led", running(1, true, Some(d))).await;
+    let events = wait_for_events(&cluster, "led", "the leader's Event", |events| {
+        !events.is_empty()
+    })
+    .await;
+    leader
+        .wait_for("the leader's writes counted", |s| {
+            s.get("selfheal_events_written_total", &[]) >= Some(1.0)
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events_now = events_about(&cluster, "led").await;
+    assert_eq!(
+        events_now.len(),
+        1,
+        "one Event, by one replica: {events_now:#?}"
+    );
+    assert_eq!(
+        events[0].reporting_instance.as_deref(),
+        Some(leader_name),
+        "written by the leader"
+    );
+    assert_eq!(
+        standby
+            .scrape()
+            .await
+            .get("selfheal_events_written_total", &[]),
+        Some(0.0),
+        "the standby writes nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_events_enabled_nothing_is_written() {
     let cluster = Cluster::start().await;
     cluster.create_pod("quiet", None, json!({})).await;
