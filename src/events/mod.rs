@@ -7,11 +7,10 @@
 //!
 //! The watch loop hands every incident update, the prober every ended outage, to an
 //! [`EventSink`] without waiting (a full queue drops it and counts it); the
-//! [`writer::EventWriter`] task, started
-//! with the exporting pipelines (so only the leader, or each shard for its own pods,
-//! writes), turns them into writes with the pure [`planner::EventPlanner`] (series
-//! aggregation, per-Pod rate limit, the note) and does the API calls. A failed write is
-//! counted and logged; it never holds up counting.
+//! [`writer::EventWriter`] task, started with the exporting pipelines (so only the
+//! leader, or each shard for its own pods, writes), turns them into writes with the pure
+//! [`planner::EventPlanner`] (series aggregation, per-object rate limit, the notes) and
+//! does the API calls. A failed write is counted and logged; it never holds up counting.
 
 pub mod config;
 pub mod planner;

@@ -22,8 +22,9 @@ use jiff::{SignedDuration, Timestamp};
 use crate::correlate::incidents::{OutageIncident, RestartIncident};
 use crate::observe::{Cause, DeathId, DeathRecord, IncidentUpdate};
 
-/// A series ends when its container has not died of its cause for this long; the next
-/// death starts a new Event.
+/// A series ends when nothing has happened to it for this long (its container has not
+/// died of its cause, its target has had no outage); the next occurrence starts a new
+/// Event.
 pub const SERIES_IDLE: SignedDuration = SignedDuration::from_hours(1);
 
 /// The window of the note's "times in the last hour".
@@ -32,7 +33,8 @@ const HOUR: SignedDuration = SignedDuration::from_hours(1);
 /// The window of the per-object rate limit.
 const MINUTE: SignedDuration = SignedDuration::from_mins(1);
 
-/// The longest Pod name kept in an Event's name (which must stay below 253 characters).
+/// The longest object name kept in an Event's name (which must stay below 253
+/// characters).
 const MAX_NAME_PREFIX: usize = 200;
 
 /// The object an Event is about: a Pod (restarts) or a Service (outages).
@@ -64,7 +66,8 @@ impl EventType {
 /// One write: create the Event `name`, or update its series and note.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EventIntent {
-    /// The Event object's name (in the Pod's namespace), the same for a whole series.
+    /// The Event object's name (in the regarding object's namespace), the same for a whole
+    /// series.
     pub name: String,
     pub regarding: Regarding,
     /// The cause (`OOMKilled`, `LivenessProbeFailed`, …), or [`OUTAGE_REASON`].
@@ -382,7 +385,7 @@ impl EventPlanner {
         }
     }
 
-    /// Emits the series' current state if the Pod's rate limit allows it at `now`.
+    /// Emits the series' current state if its object's rate limit allows it at `now`.
     fn write(&mut self, key: &SeriesKey, now: Timestamp, out: &mut Vec<EventIntent>) -> bool {
         let Some(series) = self.series.get_mut(key) else {
             return false;
