@@ -18,6 +18,7 @@
 //!   outages, opt-in: the pure planner (series, rate limit, notes) and the writer task.
 //! - [`export`]: metric families, exposition, cardinality guard, the admin server.
 //! - [`leader`]: active/passive leader election on a Lease.
+//! - [`node`]: the node agent: kernel OOM kills from each container's memory cgroup.
 //! - [`config`]: loading and checking the configuration.
 //! - [`app`]: the command line and the daemon that wires the pipelines together.
 
@@ -35,5 +36,6 @@ pub mod fuzzing;
 mod fuzzing;
 pub mod k8s;
 mod leader;
+mod node;
 mod observe;
 mod probe;

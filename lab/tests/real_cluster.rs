@@ -3,9 +3,18 @@
 //! `lastState.terminated` reason OOMKilled, exit code 137, restartCount ≥ 1. The daemon,
 //! run on the host against the real API server through the admin kubeconfig, counts
 //! what the kubelet reports: its OOMKilled restarts equal the kubelet's `restartCount`.
+//! The same for the other restart paths of the 1.37 kubelet (a liveness probe kill, a
+//! container restart rule, a native sidecar's OOM kills, RestartAllContainers), with
+//! their reasons, one incident per pod restart, and recovery phases that add up.
 //!
 //! The daemon is the `selfheal-exporter` binary next to this crate's binary in the target
 //! directory (`cargo test --workspace` builds both).
+//!
+//! The node agent (`selfheal-exporter node`, on the host too, reading the real
+//! `/sys/fs/cgroup`) runs beside it: it counts the experiment's OOM kills once (the
+//! kubelet's OOMKilled, no process OOM kill on top), and one process OOM kill for a pod
+//! whose shell starts a child that allocates past the limit: the kernel kills the child,
+//! the container lives, the kubelet reports nothing (restartCount 0).
 //!
 //! Needs root and the binaries of `lab/upstream/build.sh`; it fails (never skips) without
 //! them. It uses its own state and run dirs and tears the cluster down even when it fails.
@@ -132,7 +141,8 @@ struct Exporter {
 }
 
 impl Exporter {
-    fn start(kubeconfig: &Path) -> Exporter {
+    /// The cluster-wide exporter, or with `node` the node agent of that node.
+    fn start(kubeconfig: &Path, node: Option<&str>) -> Exporter {
         let binary =
             Path::new(env!("CARGO_BIN_EXE_selfheal-lab")).with_file_name("selfheal-exporter");
         assert!(
@@ -143,16 +153,32 @@ impl Exporter {
         let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free port");
-        let dir = Path::new(STATE_DIR).join("exporter");
+        let dir = Path::new(STATE_DIR).join(if node.is_some() {
+            "node-agent"
+        } else {
+            "exporter"
+        });
         std::fs::create_dir_all(&dir).expect("exporter dir");
         let config = dir.join("selfheal.toml");
         std::fs::write(
             &config,
-            format!("listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n"),
+            format!(
+                "listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n{}",
+                // The agent also names the victims from the kernel log (root here).
+                if node.is_some() {
+                    "[node]\nkmsg = true\n"
+                } else {
+                    ""
+                }
+            ),
         )
         .expect("exporter config");
         let log = dir.join("exporter.log");
-        let child = Command::new(&binary)
+        let mut command = Command::new(&binary);
+        if let Some(node) = node {
+            command.arg("node").env("NODE_NAME", node);
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("--kubeconfig")
@@ -228,6 +254,204 @@ spec:
       limits: {memory: 48Mi}
 "#;
 
+/// A shell whose child allocates past the limit: the kernel kills the child (the
+/// biggest process), the shell goes on sleeping.
+const FORKER_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: forker
+  namespace: default
+spec:
+  containers:
+  - name: forker
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "echo started; sleep 1; (tail /dev/zero); echo child gone; sleep 3600"]
+    resources:
+      requests: {memory: 48Mi}
+      limits: {memory: 48Mi}
+"#;
+
+/// The restart paths of a 2026 kubelet, each in a pod of its own: a liveness probe
+/// kill, a container restart rule (KEP-5307), a native sidecar OOM-killed, and
+/// RestartAllContainers (KEP-5532).
+const RESTART_PATHS: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: stuck
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+    livenessProbe:
+      exec: {command: ["false"]}
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      failureThreshold: 1
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rule, namespace: default}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: worker
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 2; exit 42"]
+    restartPolicy: Never
+    restartPolicyRules:
+    - action: Restart
+      exitCodes: {operator: In, values: [42]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: sidecar, namespace: default}
+spec:
+  initContainers:
+  - name: shipper
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    restartPolicy: Always
+    command: ["sh", "-c", "sleep 2; tail /dev/zero"]
+    resources: {limits: {memory: 32Mi}, requests: {memory: 32Mi}}
+  containers:
+  - name: main
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: all, namespace: default}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: trigger
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3; exit 42"]
+    restartPolicy: Always
+    restartPolicyRules:
+    - action: RestartAllContainers
+      exitCodes: {operator: In, values: [42]}
+  - name: other
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 3600"]
+"#;
+
+/// (pod, container, the reason the daemon must give each of its restarts).
+const PATHS: [(&str, &str, &str); 5] = [
+    ("liveness", "stuck", "LivenessProbeFailed"),
+    ("rule", "worker", "RestartRule"),
+    ("sidecar", "shipper", "OOMKilled"),
+    ("all", "trigger", "RestartAllContainers"),
+    ("all", "other", "RestartAllContainers"),
+];
+
+/// The kubelet's restartCount of `container` (regular or init) in `pod`.
+fn restart_count(cluster: &Cluster, pod: &str, container: &str) -> f64 {
+    let pod: serde_json::Value = serde_json::from_str(
+        &cluster.kubectl(&["get", "pod", pod, "-n", "default", "-o", "json"], None),
+    )
+    .expect("pod JSON");
+    ["containerStatuses", "initContainerStatuses"]
+        .iter()
+        .flat_map(|list| pod["status"][list].as_array().cloned().unwrap_or_default())
+        .find(|status| status["name"] == container)
+        .and_then(|status| status["restartCount"].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// Each restart path: once the kubelet restarted the container at least twice, every
+/// restart it made (restartCount) is one the daemon counted, all with the path's reason;
+/// RestartAllContainers is one incident per pod restart (the trigger's), none for the
+/// other container; and every recovery's phases add up to its time to recover.
+fn check_restart_paths(cluster: &Cluster, exporter: &Exporter) {
+    for (pod, container, reason) in PATHS {
+        let labels = [
+            format!("workload=\"{pod}\""),
+            format!("container=\"{container}\""),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let with_reason = format!("reason=\"{reason}\"");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let before = restart_count(cluster, pod, container);
+            let all = exporter.sum("selfheal_container_restarts_total", &labels);
+            let mut labelled = labels.clone();
+            labelled.push(&with_reason);
+            let counted = exporter.sum("selfheal_container_restarts_total", &labelled);
+            let after = restart_count(cluster, pod, container);
+            // A steady moment (restartCount unchanged around the scrape) to compare.
+            if before == after && after >= 2.0 && counted == after && all == counted {
+                eprintln!("{pod}/{container}: restartCount {after} = {counted} {reason} restarts");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{pod}/{container}: the daemon counted {counted} {reason} restarts of {all};                  the kubelet's restartCount is {after}; its log:\n{}",
+                exporter.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let (_, body) = exporter
+        .get("/api/v1/incidents?limit=1000")
+        .unwrap_or_default();
+    let incidents: serde_json::Value = serde_json::from_str(&body).expect("incidents JSON");
+    let restarts: Vec<&serde_json::Value> = incidents["incidents"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|incident| incident["kind"] == "restart")
+        .collect();
+    let of = |container: &str| {
+        restarts
+            .iter()
+            .filter(|incident| incident["container"] == container)
+            .count()
+    };
+    assert!(of("trigger") >= 2, "{body}");
+    assert_eq!(
+        of("other"),
+        0,
+        "the pod restart is the trigger's incident: {body}"
+    );
+    let mut split = 0;
+    for incident in &restarts {
+        let phases = &incident["recovery_phases"];
+        let (Some(whole), Some(backoff), Some(start), Some(readiness)) = (
+            incident["time_to_recover_seconds"].as_f64(),
+            phases["backoff_seconds"].as_f64(),
+            phases["start_seconds"].as_f64(),
+            phases["readiness_seconds"].as_f64(),
+        ) else {
+            continue;
+        };
+        assert!(
+            (backoff + start + readiness - whole).abs() < 1e-6,
+            "phases do not add up: {incident:#}"
+        );
+        split += 1;
+    }
+    eprintln!("{split} recoveries split into phases that add up to the whole");
+    assert!(split >= 4, "{body}");
+}
+
+fn pod_status(cluster: &Cluster, name: &str) -> serde_json::Value {
+    let pod: serde_json::Value = serde_json::from_str(
+        &cluster.kubectl(&["get", "pod", name, "-n", "default", "-o", "json"], None),
+    )
+    .expect("pod JSON");
+    pod["status"]["containerStatuses"][0].clone()
+}
+
 #[test]
 fn real_kubelet_reports_a_kernel_oom_kill() {
     // SAFETY: geteuid(2) has no preconditions.
@@ -243,8 +467,14 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         .trim()
         .to_string();
     let cluster = Cluster::up(bin);
-    let exporter = Exporter::start(&cluster.kubeconfig);
+    let exporter = Exporter::start(&cluster.kubeconfig, None);
+    let agent = Exporter::start(
+        &cluster.kubeconfig,
+        Some(selfheal_lab::cluster::layout::NODE_NAME),
+    );
     cluster.kubectl(&["apply", "-f", "-"], Some(OOM_POD));
+    cluster.kubectl(&["apply", "-f", "-"], Some(FORKER_POD));
+    cluster.kubectl(&["apply", "-f", "-"], Some(RESTART_PATHS));
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -310,7 +540,63 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    check_restart_paths(&cluster, &exporter);
     drop(exporter);
+
+    // The node agent: the forker's child is one process OOM kill, its container alive
+    // and never restarted; the hog's OOM kills are its OOMKilled deaths, not process
+    // kills as well.
+    let forker = r#"container="forker""#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.sum("selfheal_container_process_oom_kills_total", &[forker]) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the node agent counted no process OOM kill of the forker in 60 s; forker: {:#}; \
+             its log:\n{}",
+            pod_status(&cluster, "forker"),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Past the agent's settle time (10 s): a kill counted twice would show by now.
+    std::thread::sleep(Duration::from_secs(12));
+    let status = pod_status(&cluster, "forker");
+    assert_eq!(status["restartCount"], 0, "forker: {status:#}");
+    assert!(status["state"]["running"].is_object(), "forker: {status:#}");
+    let process_kills = agent.sum("selfheal_container_process_oom_kills_total", &[forker]);
+    let hog_process_kills = agent.sum("selfheal_container_process_oom_kills_total", &[container]);
+    let hog_oom_kills = agent.sum("selfheal_container_oom_kills_total", &[container]);
+    let forker_oom_kills = agent.sum("selfheal_container_oom_kills_total", &[forker]);
+    // + 0.0: the sum of no sample is -0.0.
+    let reclassified = agent.sum("selfheal_container_oom_reclassified_total", &[]) + 0.0;
+    eprintln!(
+        "node agent: forker {process_kills} process OOM kills, {forker_oom_kills} container OOM \
+         kills; hog {hog_process_kills} process OOM kills, {hog_oom_kills} container OOM kills; \
+         {reclassified} reclassified"
+    );
+    assert_eq!(process_kills, 1.0, "the agent's log:\n{}", agent.log());
+    assert_eq!(forker_oom_kills, 0.0);
+    assert_eq!(hog_process_kills, 0.0, "the agent's log:\n{}", agent.log());
+    assert!(hog_oom_kills >= 2.0, "the agent's log:\n{}", agent.log());
+    // The incident of the forker's kill: a process kill, its victim from the kernel
+    // log busybox's tail, the cgroup's limit.
+    let (_, incidents) = agent.get("/api/v1/incidents").unwrap_or_default();
+    let incidents: serde_json::Value = serde_json::from_str(&incidents).expect("incidents JSON");
+    let forker_kill = incidents["incidents"]
+        .as_array()
+        .or_else(|| incidents.as_array())
+        .into_iter()
+        .flatten()
+        .find(|incident| incident["kind"] == "oom_kill" && incident["container"] == "forker")
+        .unwrap_or_else(|| panic!("no oom_kill incident of the forker: {incidents:#}"));
+    assert_eq!(forker_kill["oom_kill"], "process", "{forker_kill:#}");
+    assert_eq!(forker_kill["victims"][0]["name"], "tail", "{forker_kill:#}");
+    assert_eq!(
+        forker_kill["memory_limit_bytes"],
+        48 << 20,
+        "{forker_kill:#}"
+    );
+    drop(agent);
 
     // Tear down explicitly to check it works; the guard's second down is then a no-op.
     let out = cluster.down();

@@ -1,5 +1,6 @@
-//! Command line: `run` (the default) and `check-config`. Exit codes: 0 success,
-//! 1 runtime failure, 2 bad input (flags, config, environment, kubeconfig).
+//! Command line: `run` (the default), `node` (the node agent, one per node) and
+//! `check-config`. Exit codes: 0 success, 1 runtime failure, 2 bad input (flags, config,
+//! environment, kubeconfig).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::daemon::{self, ClusterAccess};
+use crate::app::daemon::{self, ClusterAccess, NodeMode};
 use crate::config::{FlagOverrides, LogFormat, Settings, ShardingOverrides};
 
 #[derive(Parser, Debug)]
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Watch the cluster and serve /metrics (the default).
     Run(RunArgs),
+    /// The node agent (a DaemonSet): watch this node's pods and read their containers'
+    /// memory cgroups for the OOM kills no pod status shows.
+    Node(NodeArgs),
     /// Validate a config file and print the effective configuration.
     CheckConfig(CheckConfigArgs),
 }
@@ -97,6 +101,32 @@ fn shard_flag(flag: Option<&str>) -> Result<Option<u32>, String> {
         })
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// This node's name (the downward API's spec.nodeName); only its pods are watched
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964];
+    /// --web.listen-address is the same flag (exporter-toolkit's name)
+    #[arg(long, visible_alias = "web.listen-address", value_name = "ADDR", value_parser = listen_address)]
+    pub listen: Option<SocketAddr>,
+    /// exporter-toolkit web configuration file (TLS, basic auth), as for `run`
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+    /// Kubeconfig file(s); without it: in-cluster config in a pod, else ~/.kube/config
+    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<String>,
+    /// Kubeconfig context to use
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Config file, TOML or YAML by extension
+    #[arg(long, env = "SELFHEAL_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format; the level comes from RUST_LOG [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
 #[derive(Args, Debug)]
 struct CheckConfigArgs {
     /// Config file, TOML or YAML by extension
@@ -114,6 +144,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig(args)) => check_config(args),
         Some(Command::Run(args)) => run(args),
+        Some(Command::Node(args)) => node(args),
         None => run(cli.run),
     }
 }
@@ -158,7 +189,56 @@ fn run(args: RunArgs) -> ExitCode {
             total_shards: args.total_shards,
         },
     };
-    let settings = match Settings::load(args.config.as_deref(), &flags) {
+    let access = ClusterAccess {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+    };
+    start(args.config.as_deref(), &flags, access, None)
+}
+
+fn node(args: NodeArgs) -> ExitCode {
+    let node_name = match args.node_name.as_deref().map(str::trim) {
+        Some(name) if crate::k8s::names::is_dns_subdomain(name) => name.to_owned(),
+        Some(name) => {
+            eprintln!("error: NODE_NAME / --node-name {name:?} is not a valid node name");
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!(
+                "error: the node agent needs its node's name: set NODE_NAME (in a DaemonSet, \
+                 from the downward API: valueFrom.fieldRef.fieldPath spec.nodeName) or \
+                 --node-name"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let flags = FlagOverrides {
+        listen: args.listen,
+        web_config_file: args.web_config_file,
+        log_format: args.log_format,
+        sharding: ShardingOverrides::default(),
+    };
+    let access = ClusterAccess {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+    };
+    start(
+        args.config.as_deref(),
+        &flags,
+        access,
+        Some(NodeMode { node_name }),
+    )
+}
+
+/// Loads the settings, starts logging and runs the daemon (cluster-wide, or the node
+/// agent with `node`).
+fn start(
+    config: Option<&std::path::Path>,
+    flags: &FlagOverrides,
+    access: ClusterAccess,
+    node: Option<NodeMode>,
+) -> ExitCode {
+    let settings = match Settings::load(config, flags) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
@@ -182,11 +262,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let access = ClusterAccess {
-        kubeconfig: args.kubeconfig,
-        context: args.context,
-    };
-    runtime.block_on(daemon::run(settings, access))
+    runtime.block_on(daemon::run(settings, access, node))
 }
 
 fn init_logging(format: LogFormat) -> Result<(), String> {

@@ -2,6 +2,9 @@
 //! (with leader election: started only once this replica holds the Lease), and the
 //! shutdown sequence (readiness off, watches stopped, Lease released, server drained, all
 //! within 5 s).
+//!
+//! As the node agent ([`NodeMode`]) the same daemon watches only its node's pods, runs
+//! no prober and no leader election, and feeds the pods to the [`NodeAgent`] as well.
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -26,6 +29,8 @@ use crate::k8s::client::kube_config;
 use crate::k8s::health::Health;
 use crate::k8s::watch::{Scope, WatchMetrics};
 use crate::leader::{self, LeaderMetrics};
+use crate::node::agent::NodeAgent;
+use crate::node::metrics::NodeMetrics;
 use crate::observe::{Observer, ObserverConfig};
 use crate::probe::Prober;
 use crate::probe::discovery::ServiceAddress;
@@ -51,14 +56,41 @@ pub struct ClusterAccess {
     pub context: Option<String>,
 }
 
-pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
+/// `selfheal-exporter node`: the node agent of one node.
+#[derive(Clone, Debug)]
+pub struct NodeMode {
+    /// `NODE_NAME`: only this node's pods are watched.
+    pub node_name: String,
+}
+
+pub async fn run(settings: Settings, access: ClusterAccess, node: Option<NodeMode>) -> ExitCode {
     let Settings {
         config,
-        probe_specs,
-        leader: leader_election,
+        mut probe_specs,
+        leader: mut leader_election,
         warnings: _,
         web,
     } = settings;
+    if node.is_some() {
+        if config.sharding.total_shards > 1 {
+            tracing::error!(
+                "sharding.total_shards = {}: the node agent watches one node and is not sharded",
+                config.sharding.total_shards
+            );
+            return ExitCode::from(2);
+        }
+        // One agent per node, each exporting its own node: no Lease, no probes (the
+        // cluster-wide exporter probes).
+        if leader_election.take().is_some() {
+            tracing::warn!("leader_election is ignored by the node agent (one per node)");
+        }
+        if !probe_specs.is_empty() || config.probes.discovery {
+            tracing::warn!(
+                "probes are ignored by the node agent: the cluster-wide exporter probes"
+            );
+            probe_specs.clear();
+        }
+    }
     let kube = match kube_config(access.kubeconfig.as_deref(), access.context.as_deref()).await {
         Ok(kube) => kube,
         Err(error) => {
@@ -95,14 +127,32 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
     let leader_metrics = leader_election
         .as_ref()
         .map(|_| LeaderMetrics::register(&mut registry));
-    // `[events]`: the writer's settings; it starts with the exporting pipelines.
-    let events = config.events.enabled.then(|| EventsSetup {
+    // `[events]`: the writer's settings; it starts with the exporting pipelines. Not in
+    // the node agent: the cluster-wide exporter writes the Events (each agent would write
+    // its node's again).
+    let events = (config.events.enabled && node.is_none()).then(|| EventsSetup {
         metrics: EventMetrics::register(&mut registry),
         max_per_object_per_minute: config.events.max_per_object_per_minute,
         attribution_wait: signed(config.metrics.attribution_wait),
     });
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
+    let node_agent = match &node {
+        Some(_) => {
+            let metrics = NodeMetrics::register(&mut registry, &guard);
+            match NodeAgent::new(&config.node, metrics, incidents.clone()) {
+                Ok(agent) => Some((agent, config.node.reread_interval)),
+                Err(error) => {
+                    tracing::error!(
+                        "node.cgroup_root = {}: {error}",
+                        config.node.cgroup_root.display()
+                    );
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        None => None,
+    };
     let prober = match Prober::new(
         probe_specs,
         probe_metrics.clone(),
@@ -121,7 +171,10 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
     // must not answer /readyz 200 in between (a replica taken as synced before its first
     // pod list would count later restarts as its baseline; tests/sharding.rs caught it).
     let mut starting = health.register_watch();
-    let scope = Scope::from_config(&config.watch);
+    let scope = match &node {
+        Some(node) => Scope::from_config(&config.watch).on_node(&node.node_name),
+        None => Scope::from_config(&config.watch),
+    };
     let observer = Observer::new(
         ObserverConfig {
             attribution_wait: signed(config.metrics.attribution_wait),
@@ -190,6 +243,7 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         shard = config.sharding.shard,
         total_shards = config.sharding.total_shards,
         leader_election = config.leader_election.enabled,
+        node = node.as_ref().map(|node| node.node_name.as_str()),
         "selfheal-exporter started"
     );
     let standby = leader_election.is_some();
@@ -206,10 +260,9 @@ pub async fn run(settings: Settings, access: ClusterAccess) -> ExitCode {
         incidents,
         prober,
         events,
-        discovery: config
-            .probes
-            .discovery
+        discovery: (config.probes.discovery && node.is_none())
             .then_some((config.probes.service_address, config.probes.node_address)),
+        node: node_agent,
     });
 
     // Without leader election this replica exports from the start. With it, it stands by
@@ -342,6 +395,8 @@ struct Exporter {
     events: Option<EventsSetup>,
     /// `probes.discovery`: how discovered targets are reached.
     discovery: Option<(ServiceAddress, IpAddr)>,
+    /// The node agent and its re-read interval (`selfheal-exporter node`).
+    node: Option<(NodeAgent, Duration)>,
 }
 
 /// What the Event writer is started with.
@@ -417,6 +472,7 @@ impl Exporter {
                 watch_metrics: self.watch_metrics,
                 health: self.health,
                 incidents: self.incidents,
+                node: self.node,
                 events,
             }
             .start(stopped),

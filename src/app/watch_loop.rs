@@ -7,6 +7,7 @@
 //! kube-rs's `Init`/`InitApply`/`InitDone` become the observer's relist, so pods deleted
 //! while the watch was down are forgotten and the first list is the baseline.
 
+use std::os::fd::OwnedFd;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::Client;
 use kube::runtime::watcher::{self, Event};
+use tokio::io::Interest;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::watch as signal;
 
 use crate::correlate::incidents::{SharedIncidentLog, lock};
@@ -22,6 +25,7 @@ use crate::export::metrics::Metrics;
 use crate::k8s::health::{Health, WatchReadiness};
 use crate::k8s::types::{SlimEvent, SlimPod};
 use crate::k8s::watch::{Scope, WatchMetrics, watch_all};
+use crate::node::agent::NodeAgent;
 use crate::observe::{Observation, Observer};
 
 /// Everything the watch loop owns.
@@ -34,6 +38,9 @@ pub struct WatchLoop {
     pub watch_metrics: WatchMetrics,
     pub health: Health,
     pub incidents: SharedIncidentLog,
+    /// The node agent (`selfheal-exporter node`), fed the same pods, with its re-read
+    /// interval.
+    pub node: Option<(NodeAgent, Duration)>,
     /// `[events]`: the Event writer's queue (never waited on).
     pub events: Option<EventSink>,
 }
@@ -113,6 +120,20 @@ impl WatchLoop {
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut out: Vec<Observation> = Vec::new();
+        let reread = self
+            .node
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut node_ticker = tokio::time::interval(reread);
+        node_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let notifications = self
+            .node
+            .as_ref()
+            .and_then(|(agent, _)| notifications(agent));
+        let mut victims = self
+            .node
+            .as_mut()
+            .and_then(|(agent, _)| agent.take_victims());
         loop {
             tokio::select! {
                 biased;
@@ -135,6 +156,24 @@ impl WatchLoop {
                 _ = ticker.tick() => {
                     self.observer.tick(Timestamp::now(), &mut out);
                 }
+                _ = node_ticker.tick(), if self.node.is_some() => {
+                    if let Some((agent, _)) = &mut self.node {
+                        agent.tick(Timestamp::now());
+                    }
+                }
+                Some(victim) = next_victim(victims.as_mut()) => {
+                    if let Some((agent, _)) = &mut self.node {
+                        agent.on_victim(victim);
+                    }
+                }
+                ready = readable(notifications.as_ref()) => {
+                    if let Some(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    if let Some((agent, _)) = &mut self.node {
+                        agent.on_notified(Timestamp::now());
+                    }
+                }
             }
             self.record(&mut out);
             self.metrics
@@ -155,7 +194,12 @@ impl WatchLoop {
                         events.offer(update);
                     }
                 }
-                _ => self.metrics.record(&observation),
+                _ => {
+                    if let Some((agent, _)) = &mut self.node {
+                        node_record(agent, &observation);
+                    }
+                    self.metrics.record(&observation);
+                }
             }
         }
     }
@@ -173,14 +217,23 @@ impl WatchLoop {
             Ok(Event::Init) => {
                 self.watch_metrics.event(RESOURCE, "init");
                 self.observer.begin_relist(stream);
+                if let Some((agent, _)) = &mut self.node {
+                    agent.begin_relist();
+                }
             }
             Ok(Event::InitApply(pod)) => {
                 self.watch_metrics.event(RESOURCE, "init_apply");
                 self.observer.apply_pod(stream, &pod, now, out);
+                if let Some((agent, _)) = &mut self.node {
+                    agent.apply_pod(&pod, now);
+                }
             }
             Ok(Event::InitDone) => {
                 self.watch_metrics.event(RESOURCE, "init_done");
                 self.observer.end_relist(stream, now, out);
+                if let Some((agent, _)) = &mut self.node {
+                    agent.end_relist(now);
+                }
                 if let Some(ready) = readiness.get_mut(stream) {
                     ready.mark_synced();
                 }
@@ -193,10 +246,16 @@ impl WatchLoop {
             Ok(Event::Apply(pod)) => {
                 self.watch_metrics.event(RESOURCE, "apply");
                 self.observer.apply_pod(stream, &pod, now, out);
+                if let Some((agent, _)) = &mut self.node {
+                    agent.apply_pod(&pod, now);
+                }
             }
             Ok(Event::Delete(pod)) => {
                 self.watch_metrics.event(RESOURCE, "delete");
                 self.observer.delete_pod(&pod, now, out);
+                if let Some((agent, _)) = &mut self.node {
+                    agent.delete_pod(&pod, now);
+                }
             }
             Err(error) => self.watch_metrics.error(RESOURCE, &error),
         }
@@ -232,4 +291,65 @@ impl WatchLoop {
             Err(error) => self.watch_metrics.error(RESOURCE, &error),
         }
     }
+}
+
+/// The node agent's part of an observation: its series appear and expire with the
+/// observer's.
+fn node_record(agent: &mut NodeAgent, observation: &Observation) {
+    match observation {
+        Observation::ContainerSeen {
+            workload,
+            container,
+            ..
+        } => agent.metrics_mut().container_seen(workload, container),
+        Observation::WorkloadExpired { workload } => {
+            agent.metrics_mut().workload_expired(workload);
+        }
+        _ => {}
+    }
+}
+
+/// The node agent's inotify descriptor, registered with this thread's runtime.
+fn notifications(agent: &NodeAgent) -> Option<AsyncFd<OwnedFd>> {
+    let fd = agent.events_fd()?.try_clone_to_owned().ok()?;
+    // SAFETY: `fd` is an `OwnedFd` (a duplicate of the agent's inotify descriptor) moved
+    // into the `AsyncFd`: it stays open, and `as_raw_fd` returns the same descriptor,
+    // until the `AsyncFd` drops it.
+    #[allow(unsafe_code)]
+    let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+    match registered {
+        Ok(fd) => Some(fd),
+        Err(error) => {
+            tracing::warn!(%error, "cannot wait on inotify: polling the cgroups only");
+            None
+        }
+    }
+}
+
+/// The next OOM victim from the kernel log (`node.kmsg`); never without it, nor after
+/// its reader ended.
+async fn next_victim(
+    victims: Option<&mut tokio::sync::mpsc::UnboundedReceiver<crate::node::kmsg::Victim>>,
+) -> Option<crate::node::kmsg::Victim> {
+    match victims {
+        Some(victims) => match victims.recv().await {
+            Some(victim) => Some(victim),
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the kernel has notified a change; never without notifications, nor
+/// after an error waiting for them (the periodic re-read still runs).
+async fn readable(fd: Option<&AsyncFd<OwnedFd>>) -> Option<AsyncFdReadyGuard<'_, OwnedFd>> {
+    if let Some(fd) = fd {
+        match fd.readable().await {
+            Ok(guard) => return Some(guard),
+            Err(error) => {
+                tracing::warn!(%error, "waiting on inotify failed: polling the cgroups only");
+            }
+        }
+    }
+    std::future::pending().await
 }

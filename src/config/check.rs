@@ -94,6 +94,33 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             reason: "must be at least 1".into(),
         });
     }
+    let node = &config.node;
+    if node.reread_interval < Duration::from_millis(100)
+        || node.reread_interval > Duration::from_secs(60)
+    {
+        return Err(ConfigError::Value {
+            key: "node.reread_interval".into(),
+            value: format!("{:?}", node.reread_interval),
+            reason: "must be between 100ms and 60s".into(),
+        });
+    }
+    if node.settle < node.reread_interval * 2 {
+        return Err(ConfigError::Value {
+            key: "node.settle".into(),
+            value: format!("{:?}", node.settle),
+            reason: format!(
+                "must be at least twice node.reread_interval ({:?}): a kill needs a reading after it",
+                node.reread_interval
+            ),
+        });
+    }
+    if !node.cgroup_root.is_absolute() {
+        return Err(ConfigError::Value {
+            key: "node.cgroup_root".into(),
+            value: format!("{:?}", node.cgroup_root.display()),
+            reason: "must be an absolute path".into(),
+        });
+    }
     if config.incidents.capacity == 0 || config.incidents.capacity > 100_000 {
         return Err(ConfigError::Value {
             key: "incidents.capacity".into(),

@@ -3,8 +3,8 @@
 //!
 //! Each section's type lives beside the code that uses it (`[watch]` in
 //! `k8s::watch`, `[metrics]` in `export::config`, `[probes]` in `probe::config`,
-//! `[incidents]` in `correlate::config`, `[events]` in `events::config`,
-//! `[leader_election]` in `leader::config`); this
+//! `[incidents]` in `correlate::config`, `[events]` in `events::config`, `[node]` in
+//! `node::config`, `[leader_election]` in `leader::config`); this
 //! module merges the sources ([`sources`]), checks them ([`check`]) and hands out
 //! [`Settings`]: the effective configuration with what is compiled from it.
 //!
@@ -34,6 +34,7 @@ use crate::k8s::sharding::Sharding;
 pub use crate::k8s::watch::WatchConfig;
 use crate::leader::LeaderSettings;
 pub use crate::leader::config::LeaderElectionConfig;
+pub use crate::node::config::NodeConfig;
 pub use crate::probe::config::ProbesConfig;
 use crate::probe::target::ProbeSpec;
 
@@ -59,8 +60,11 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub probes: ProbesConfig,
     pub incidents: IncidentsConfig,
-    /// Kubernetes Events for classified restarts (off by default).
+    /// Kubernetes Events for classified restarts and probe outages (off by default).
     pub events: EventsConfig,
+    /// The node agent (`selfheal-exporter node`): where the cgroups are, how often
+    /// they are re-read. Ignored by the cluster-wide exporter.
+    pub node: NodeConfig,
     /// Several replicas splitting the cluster (flags --shard, --total-shards).
     pub sharding: Sharding,
     /// Active/passive replicas: only the one holding a Kubernetes Lease watches, probes
@@ -89,6 +93,7 @@ impl Default for Config {
             probes: ProbesConfig::default(),
             incidents: IncidentsConfig::default(),
             events: EventsConfig::default(),
+            node: NodeConfig::default(),
             sharding: Sharding::default(),
             leader_election: LeaderElectionConfig::default(),
         }

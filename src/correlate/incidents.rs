@@ -69,12 +69,49 @@ pub struct OutageIncident {
     pub restart: Option<RestartIncident>,
 }
 
+/// A kernel OOM kill seen by the node agent in a container's memory cgroup (only
+/// `selfheal-exporter node` records these): processes killed inside a living container,
+/// or a container death the kubelet reported as something else.
+#[derive(Clone, Debug, Serialize)]
+pub struct OomKillIncident {
+    pub id: u64,
+    pub namespace: Arc<str>,
+    pub workload_kind: Arc<str>,
+    pub workload: Arc<str>,
+    pub pod: Arc<str>,
+    pub container: Arc<str>,
+    pub container_id: Arc<str>,
+    /// `process` (the container lived on), `container` (the kubelet's OOMKilled,
+    /// confirmed) or `reclassified` (the kubelet said `reported_reason`).
+    pub oom_kill: &'static str,
+    /// Processes killed (1 for a container death).
+    pub count: u64,
+    /// The kubelet's reason and exit code, for a reclassified death.
+    pub reported_reason: Option<&'static str>,
+    pub exit_code: Option<i32>,
+    /// The cgroup's peak usage and limit at the last reading after the kill.
+    pub memory_peak_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
+    /// When the agent settled the kill (within `node.settle` of the kill itself).
+    pub seen_at: Timestamp,
+    /// The killed processes, from the kernel log (`node.kmsg`; empty without it).
+    pub victims: Vec<OomVictim>,
+}
+
+/// A process the kernel's OOM killer killed, as the kernel log names it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct OomVictim {
+    pub name: String,
+    pub pid: u32,
+}
+
 /// One entry of the API's answer.
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Incident {
     Restart(RestartIncident),
     Outage(OutageIncident),
+    OomKill(OomKillIncident),
 }
 
 impl Incident {
@@ -82,6 +119,7 @@ impl Incident {
         match self {
             Incident::Restart(restart) => restart.killed_at,
             Incident::Outage(outage) => Some(outage.start),
+            Incident::OomKill(kill) => Some(kill.seen_at),
         }
     }
 }
@@ -106,6 +144,7 @@ pub struct IncidentLog {
     next_id: u64,
     restarts: VecDeque<RestartIncident>,
     outages: VecDeque<OutageIncident>,
+    oom_kills: VecDeque<OomKillIncident>,
 }
 
 /// The log shared by the watch loop, the prober and the HTTP API.
@@ -126,6 +165,7 @@ impl IncidentLog {
             next_id: 1,
             restarts: VecDeque::new(),
             outages: VecDeque::new(),
+            oom_kills: VecDeque::new(),
         }
     }
 
@@ -210,6 +250,15 @@ impl IncidentLog {
         &self.outages[self.outages.len() - 1]
     }
 
+    /// Records a node agent's OOM kill (its `id` is assigned here).
+    pub fn record_oom_kill(&mut self, mut kill: OomKillIncident) {
+        kill.id = self.take_id();
+        if self.oom_kills.len() == self.capacity {
+            self.oom_kills.pop_front();
+        }
+        self.oom_kills.push_back(kill);
+    }
+
     /// The first death of a fronted pod within the outage window.
     fn explaining_restart(
         &self,
@@ -239,6 +288,7 @@ impl IncidentLog {
             .cloned()
             .map(Incident::Restart)
             .chain(self.outages.iter().cloned().map(Incident::Outage))
+            .chain(self.oom_kills.iter().cloned().map(Incident::OomKill))
             .collect();
         all.sort_by_key(|incident| std::cmp::Reverse(incident.time()));
         all.truncate(limit);

@@ -93,7 +93,8 @@ struct IncidentsQuery {
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/incidents[?limit=N]`: restarts and outages, newest first.
+/// `GET /api/v1/incidents[?limit=N]`: restarts and outages (and, from the node agent,
+/// kernel OOM kills), newest first.
 async fn incidents(
     State(state): State<AdminState>,
     Query(query): Query<IncidentsQuery>,

@@ -136,6 +136,10 @@ pub struct PodStatus {
     /// The init containers' states.
     #[serde(default, deserialize_with = "nullable")]
     pub init_container_statuses: Vec<ContainerStatus>,
+    /// `Guaranteed`, `Burstable` or `BestEffort`: where the node agent finds the pod's
+    /// cgroup.
+    #[serde(rename = "qosClass")]
+    pub qos_class: Option<String>,
 }
 
 /// One of a Pod's `status.conditions`.

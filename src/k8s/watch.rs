@@ -37,6 +37,9 @@ pub struct Scope {
     /// Excluded namespaces, as a server-side field selector.
     pub field_selector: Option<String>,
     pub label_selector: Option<String>,
+    /// The node agent's node: only pods with this `spec.nodeName` (pods only: Events
+    /// have no such field).
+    pub node_name: Option<String>,
 }
 
 impl Scope {
@@ -66,6 +69,15 @@ impl Scope {
             namespaces,
             field_selector,
             label_selector,
+            node_name: None,
+        }
+    }
+
+    /// The same scope, restricted to the pods of one node.
+    pub fn on_node(self, node_name: &str) -> Scope {
+        Scope {
+            node_name: Some(node_name.to_owned()),
+            ..self
         }
     }
 
@@ -76,8 +88,17 @@ impl Scope {
         if let Some(labels) = &self.label_selector {
             config = config.labels(labels);
         }
-        if let Some(fields) = &self.field_selector {
-            config = config.fields(fields);
+        let node = self
+            .node_name
+            .as_ref()
+            .map(|node| format!("spec.nodeName={node}"));
+        let fields: Vec<&str> = node
+            .iter()
+            .chain(&self.field_selector)
+            .map(String::as_str)
+            .collect();
+        if !fields.is_empty() {
+            config = config.fields(&fields.join(","));
         }
         config
     }
@@ -216,6 +237,32 @@ mod tests {
         assert_eq!(
             scope.pod_watcher_config().label_selector.as_deref(),
             Some("app=x")
+        );
+        assert_eq!(
+            scope.pod_watcher_config().field_selector.as_deref(),
+            Some("metadata.namespace!=b,metadata.namespace!=kube-system")
+        );
+        let node = scope.on_node("node-1");
+        assert_eq!(
+            node.pod_watcher_config().field_selector.as_deref(),
+            Some("spec.nodeName=node-1,metadata.namespace!=b,metadata.namespace!=kube-system")
+        );
+        assert!(
+            !node
+                .event_watcher_config()
+                .field_selector
+                .as_deref()
+                .unwrap_or_default()
+                .contains("nodeName"),
+            "Events have no spec.nodeName"
+        );
+        assert_eq!(
+            Scope::from_config(&WatchConfig::default())
+                .on_node("n")
+                .pod_watcher_config()
+                .field_selector
+                .as_deref(),
+            Some("spec.nodeName=n")
         );
     }
 }

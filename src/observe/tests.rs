@@ -1090,13 +1090,16 @@ fn a_restart_its_own_rules_asked_for_is_not_a_crash() {
     assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
 }
 
-/// KEP-5532 as the 1.37 kubelet writes it (`pkg/kubelet/kubelet_pods.go`): `api` exits 42,
-/// which its rule answers with `RestartAllContainers`; the kubelet removes `sidecar` too,
-/// shows it waiting with a `RestartingAllContainers`/137 lastState (no ID, no times) and
-/// restartCount + 1, and sets the pod condition `AllContainersRestarting`.
+/// KEP-5532 as the 1.37 kubelet writes it (seen on the real cluster, and in
+/// `pkg/kubelet/kubelet_pods.go`): `trigger` exits 42, which its rule answers with
+/// `RestartAllContainers`; its status shows that exit (terminated Error/42) until the
+/// kubelet removes every container of the pod. Then both containers show a
+/// `RestartingAllContainers`/137 lastState (no ID, no times) and restartCount + 1, and
+/// the pod condition `AllContainersRestarting` is True while it happens.
 #[test]
 fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container() {
     let mut pod = mk_pod("p", "u");
+    pod.spec.containers[0].name = "trigger".into();
     pod.spec.containers[0].restart_policy_rules = vec![RestartRule {
         action: Some("RestartAllContainers".into()),
         exit_codes: ExitCodes {
@@ -1105,16 +1108,16 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
         },
     }];
     pod.spec.containers.push(ContainerSpec {
-        name: "sidecar".into(),
+        name: "other".into(),
         ..ContainerSpec::default()
     });
     let named = |name: &str, mut status: ContainerStatus| {
         status.name = name.into();
         status
     };
-    let both = |api: ContainerStatus, sidecar: ContainerStatus| {
-        let mut p = with(pod.clone(), api);
-        p.status.container_statuses.push(sidecar);
+    let both = |trigger: ContainerStatus, other: ContainerStatus| {
+        let mut p = with(pod.clone(), named("trigger", trigger));
+        p.status.container_statuses.push(named("other", other));
         p
     };
     let removed = StateTerminated {
@@ -1124,29 +1127,31 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
         container_id: None,
         message: Some("The container is removed because RestartAllContainers in place".into()),
     };
-    let mut h = Harness::synced_with(&[both(
-        running(0, true, None),
-        named("sidecar", running(0, true, None)),
-    )]);
+    let mut h = Harness::synced_with(&[both(running(0, true, None), running(0, true, None))]);
     h.take();
-    let exit = death("Error", 42, "c0", 100);
-    let mut sidecar_waiting = named("sidecar", crashloop(1, removed.clone()));
-    sidecar_waiting.state.waiting = Some(StateWaiting {
-        reason: Some("RestartingAllContainers".into()),
-        message: Some("The container is removed because RestartAllContainers in place".into()),
-    });
-    let mut restarting = both(terminated(0, exit.clone(), None), sidecar_waiting);
-    restarting.status.conditions.push(PodCondition {
+    // The trigger's exit, seen before the kubelet removes the containers.
+    let mut exited = both(
+        terminated(0, death("Error", 42, "c0", 100), None),
+        running(0, true, None),
+    );
+    exited.status.conditions.push(PodCondition {
         type_: "AllContainersRestarting".into(),
         status: "True".into(),
         last_transition_time: ts(100),
         reason: Some("RestartAllContainersStarted".into()),
     });
-    h.apply(&restarting, 100);
+    h.apply(&exited, 100);
+    // Both removed, then both running again.
+    let mut waiting = crashloop(1, removed.clone());
+    waiting.state.waiting = Some(StateWaiting {
+        reason: Some("RestartingAllContainers".into()),
+        message: Some("The container is removed because RestartAllContainers in place".into()),
+    });
+    h.apply(&both(waiting.clone(), waiting), 101);
     h.apply(
         &both(
-            running(1, true, Some(exit)),
-            named("sidecar", running(1, true, Some(removed))),
+            running(1, true, Some(removed.clone())),
+            running(1, true, Some(removed)),
         ),
         103,
     );
@@ -1171,7 +1176,8 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
         "both containers restarted, for that one reason"
     );
     assert!(anomalies(&out).is_empty(), "{out:?}");
-    assert_eq!(recoveries(&out), vec![(Cause::RestartAllContainers, 3.0)]);
+    // The kubelet's filler has no times: no time to recover can be measured.
+    assert!(recoveries(&out).is_empty(), "{out:?}");
 }
 
 #[test]

@@ -19,15 +19,17 @@
 //! Checks: `rendering` (the objects each kustomization renders), `schemas` (Kubernetes
 //! schemas and the prometheus-operator objects), `helm_chart`, `rbac`, `check_config` (the
 //! embedded config passes `selfheal-exporter check-config`), `pod` (hardening, sizing,
-//! probes, image tag), `sharding`, `copies` (the rules and dashboards shipped unchanged),
-//! `dockerfile`, `readme_snippets` (deploy/README.md's tested snippets), `tls` (HTTPS,
-//! basic auth and the ServiceMonitor that scrapes them).
+//! probes, image tag), `sharding`, `node_agent` (the node agent's DaemonSet), `copies`
+//! (the rules and dashboards shipped unchanged), `dockerfile`, `readme_snippets`
+//! (deploy/README.md's tested snippets), `tls` (HTTPS, basic auth and the ServiceMonitor
+//! that scrapes them).
 
 mod check_config;
 mod command;
 mod copies;
 mod dockerfile;
 mod helm_chart;
+mod node_agent;
 mod pod;
 mod rbac;
 mod readme_snippets;

@@ -3,7 +3,9 @@
 //! At start the kubelet finds its own memory cgroup (`/proc/self/cgroup` +
 //! `/proc/self/mountinfo`; cgroup v1 `memory` controller or the v2 unified hierarchy) and
 //! creates `<own>/selfheal-lab-<pid>-<n>` beneath it. Each container instance gets
-//! `<root>/<pod-uid>-<container>-<instance>` with `memory.limit_in_bytes` (and
+//! `<root>/kubepods[/burstable|/besteffort]/pod<uid>/<container id>` (the real kubelet's
+//! cgroupfs layout with containerd, so that the node agent finds it as on a node, with
+//! the lab root as the kubelet's `cgroupRoot`) with `memory.limit_in_bytes` (and
 //! `memory.memsw.limit_in_bytes`, so swap cannot hide an OOM) or `memory.max`; the child
 //! joins it before `exec` (it writes `0` to a `cgroup.procs` opened by the parent). After
 //! the process is reaped the kernel's `oom_kill` counter (`memory.oom_control` /
@@ -166,17 +168,36 @@ impl CgroupRoot {
 
     /// Creates a container cgroup named `name` limited to `limit` bytes (if any).
     pub fn create(&self, name: &str, limit: Option<u64>) -> Result<Cgroup, String> {
-        let safe: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
+        self.create_at(Path::new(name), limit)
+    }
+
+    /// Creates a container cgroup at `relative` (its parents as needed, with the memory
+    /// controller enabled for their children on v2) limited to `limit` bytes (if any).
+    pub fn create_at(&self, relative: &Path, limit: Option<u64>) -> Result<Cgroup, String> {
+        let parts: Vec<String> = relative
+            .components()
+            .map(|part| safe_name(&part.as_os_str().to_string_lossy()))
+            .filter(|part| !part.is_empty())
             .collect();
-        let path = self.path.join(safe);
+        let Some((leaf, parents)) = parts.split_last() else {
+            return Err(format!("empty cgroup path {}", relative.display()));
+        };
+        let mut path = self.path.clone();
+        for parent in parents {
+            path.push(parent);
+            match fs::create_dir(&path) {
+                Ok(()) => {
+                    if self.version == CgroupVersion::V2 {
+                        fs::write(path.join("cgroup.subtree_control"), "+memory").map_err(|e| {
+                            format!("enabling memory for children of {}: {e}", path.display())
+                        })?;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("mkdir {}: {e}", path.display())),
+            }
+        }
+        path.push(leaf);
         fs::create_dir(&path).map_err(|e| format!("mkdir {}: {e}", path.display()))?;
         let cg = Cgroup {
             path,
@@ -207,22 +228,42 @@ impl CgroupRoot {
         Ok(cg)
     }
 
-    /// Removes the root and anything left beneath it (killing stray processes).
+    /// Removes the root and anything left beneath it (killing stray processes),
+    /// deepest cgroups first.
     pub fn remove(&self) {
-        if let Ok(dir) = fs::read_dir(&self.path) {
-            for e in dir.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    let mut cg = Cgroup {
-                        path: e.path(),
-                        version: self.version,
-                        removed: false,
-                    };
-                    cg.remove_blocking();
-                }
-            }
-        }
+        remove_children(&self.path, self.version);
         let _ = rmdir_retry(&self.path);
     }
+}
+
+/// Removes every cgroup below `path`, children before their parents.
+fn remove_children(path: &Path, version: CgroupVersion) {
+    if let Ok(dir) = fs::read_dir(path) {
+        for e in dir.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_children(&e.path(), version);
+                let mut cg = Cgroup {
+                    path: e.path(),
+                    version,
+                    removed: false,
+                };
+                cg.remove_blocking();
+            }
+        }
+    }
+}
+
+/// A path component made of letters, digits and `-` (anything else becomes `_`).
+fn safe_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn rmdir_retry(path: &Path) -> std::io::Result<()> {

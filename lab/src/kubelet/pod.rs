@@ -93,6 +93,9 @@ struct Worker {
     ip: Ipv4Addr,
     start_time: jiff::Timestamp,
     qos: Option<String>,
+    /// The QoS level of the pod's cgroup path (`kubepods/<level>/pod<uid>`; empty for
+    /// Guaranteed), as the real kubelet's cgroupfs driver lays it out.
+    qos_level: &'static str,
     conditions: Conditions,
     slots: Vec<Slot>,
     seq: u64,
@@ -146,6 +149,15 @@ pub(crate) fn spawn(
         .and_then(Value::as_str)
         .is_none()
         .then(|| qos_class(raw.get("spec").unwrap_or(&Value::Null)).to_string());
+    let qos_level = match raw
+        .pointer("/status/qosClass")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| qos_class(raw.get("spec").unwrap_or(&Value::Null)))
+    {
+        "Burstable" => "burstable",
+        "BestEffort" => "besteffort",
+        _ => "",
+    };
     let worker = Worker {
         pod_ref: PodRef {
             namespace: pod.namespace.clone(),
@@ -157,6 +169,7 @@ pub(crate) fn spawn(
         ip,
         start_time: now.wall,
         qos,
+        qos_level,
         conditions: Conditions::default(),
         slots,
         seq: 0,
@@ -407,8 +420,19 @@ impl Worker {
         let limit = self.slots[idx].spec.memory_limit.clone().unwrap_or(None);
         let cgroup = match &self.shared.cgroups {
             Some(root) => {
-                let cg_name = format!("{}-{}-{}", self.pod.uid, name, n);
-                match root.create(&cg_name, limit) {
+                // The real kubelet's cgroupfs layout with containerd:
+                // kubepods[/<qos>]/pod<uid>/<container id>.
+                let bare_id = container_id.trim_start_matches("containerd://");
+                let cg_path = [
+                    "kubepods",
+                    self.qos_level,
+                    &format!("pod{}", self.pod.uid),
+                    bare_id,
+                ]
+                .iter()
+                .filter(|part| !part.is_empty())
+                .collect::<std::path::PathBuf>();
+                match root.create_at(&cg_path, limit) {
                     Ok(cg) => Some(cg),
                     Err(e) => {
                         let msg = format!("failed to create containerd task: cgroup: {e}");
