@@ -14,6 +14,8 @@
 //!   (restarts by cause, OOM kills, recoveries) out; no I/O, no metrics library.
 //! - [`probe`]: probe targets, Service discovery, the scheduler and the outage tracker.
 //! - [`correlate`]: the incident log joining deaths and outages.
+//! - [`events`]: Kubernetes Events (events.k8s.io/v1) for classified restarts and probe
+//!   outages, opt-in: the pure planner (series, rate limit, notes) and the writer task.
 //! - [`export`]: metric families, exposition, cardinality guard, the admin server.
 //! - [`leader`]: active/passive leader election on a Lease.
 //! - [`node`]: the node agent: kernel OOM kills from each container's memory cgroup.
@@ -23,6 +25,7 @@
 pub mod app;
 mod config;
 mod correlate;
+mod events;
 mod export;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]

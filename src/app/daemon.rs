@@ -16,6 +16,9 @@ use crate::app::supervise::{Ended, Supervisor};
 use crate::app::watch_loop::WatchLoop;
 use crate::config::Settings;
 use crate::correlate::incidents::{IncidentLog, SharedIncidentLog};
+use crate::events::planner::EventPlanner;
+use crate::events::writer::EventWriter;
+use crate::events::{EventMetrics, EventSink, QUEUE_CAPACITY};
 use crate::export::admin::{self, AdminState};
 use crate::export::cardinality::CardinalityGuard;
 use crate::export::exposition;
@@ -124,6 +127,14 @@ pub async fn run(settings: Settings, access: ClusterAccess, node: Option<NodeMod
     let leader_metrics = leader_election
         .as_ref()
         .map(|_| LeaderMetrics::register(&mut registry));
+    // `[events]`: the writer's settings; it starts with the exporting pipelines. Not in
+    // the node agent: the cluster-wide exporter writes the Events (each agent would write
+    // its node's again).
+    let events = (config.events.enabled && node.is_none()).then(|| EventsSetup {
+        metrics: EventMetrics::register(&mut registry),
+        max_per_object_per_minute: config.events.max_per_object_per_minute,
+        attribution_wait: signed(config.metrics.attribution_wait),
+    });
     let incidents =
         IncidentLog::new(config.incidents.capacity, config.probes.correlation_slack).shared();
     let node_agent = match &node {
@@ -248,6 +259,7 @@ pub async fn run(settings: Settings, access: ClusterAccess, node: Option<NodeMod
         health: health.clone(),
         incidents,
         prober,
+        events,
         discovery: (config.probes.discovery && node.is_none())
             .then_some((config.probes.service_address, config.probes.node_address)),
         node: node_agent,
@@ -365,7 +377,8 @@ async fn leadership_changed(leadership: &mut Option<watch::Receiver<bool>>) -> O
     }
 }
 
-/// What observes and probes: the pod and Event watches, Service discovery and the prober.
+/// What observes and probes: the pod and Event watches, Service discovery, the prober and,
+/// with `[events]`, the Event writer.
 /// Started at once without leader election, on acquiring the Lease with it.
 struct Exporter {
     client: Client,
@@ -378,10 +391,19 @@ struct Exporter {
     health: Health,
     incidents: SharedIncidentLog,
     prober: Prober,
+    /// `[events]` when enabled.
+    events: Option<EventsSetup>,
     /// `probes.discovery`: how discovered targets are reached.
     discovery: Option<(ServiceAddress, IpAddr)>,
     /// The node agent and its re-read interval (`selfheal-exporter node`).
     node: Option<(NodeAgent, Duration)>,
+}
+
+/// What the Event writer is started with.
+struct EventsSetup {
+    metrics: EventMetrics,
+    max_per_object_per_minute: u32,
+    attribution_wait: SignedDuration,
 }
 
 impl Exporter {
@@ -395,6 +417,24 @@ impl Exporter {
         stopped: watch::Receiver<bool>,
     ) {
         let (target_changes, changes) = tokio::sync::mpsc::channel(256);
+        let events = self.events.map(|setup| {
+            let (sink, inputs) = EventSink::channel(QUEUE_CAPACITY, &setup.metrics);
+            supervisor.spawn(
+                "Event writer",
+                EventWriter {
+                    client: self.client.clone(),
+                    planner: EventPlanner::new(
+                        setup.max_per_object_per_minute,
+                        setup.attribution_wait,
+                    ),
+                    metrics: setup.metrics,
+                    inputs,
+                    instance: EventWriter::instance_from_env(),
+                }
+                .run(stopped.clone()),
+            );
+            sink
+        });
         if let Some((address, node_address)) = self.discovery {
             supervisor.spawn(
                 "Service discovery",
@@ -417,6 +457,10 @@ impl Exporter {
             Some(leadership) => self.prober.with_leadership(leadership),
             None => self.prober,
         };
+        let prober = match &events {
+            Some(sink) => prober.with_events(sink.clone()),
+            None => prober,
+        };
         supervisor.spawn("prober", prober.run(changes, stopped.clone()));
         supervisor.spawn(
             "watch loop",
@@ -429,6 +473,7 @@ impl Exporter {
                 health: self.health,
                 incidents: self.incidents,
                 node: self.node,
+                events,
             }
             .start(stopped),
         );

@@ -20,6 +20,7 @@ use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::watch as signal;
 
 use crate::correlate::incidents::{SharedIncidentLog, lock};
+use crate::events::EventSink;
 use crate::export::metrics::Metrics;
 use crate::k8s::health::{Health, WatchReadiness};
 use crate::k8s::types::{SlimEvent, SlimPod};
@@ -40,6 +41,8 @@ pub struct WatchLoop {
     /// The node agent (`selfheal-exporter node`), fed the same pods, with its re-read
     /// interval.
     pub node: Option<(NodeAgent, Duration)>,
+    /// `[events]`: the Event writer's queue (never waited on).
+    pub events: Option<EventSink>,
 }
 
 /// Each watch stream's part of readiness.
@@ -179,14 +182,18 @@ impl WatchLoop {
         tracing::info!("watches stopped");
     }
 
-    /// Hands the observations to the metrics and the incident log.
+    /// Hands the observations to the metrics, the incident log and the Event writer.
     fn record(&mut self, out: &mut Vec<Observation>) {
         let mut log = None;
         for observation in out.drain(..) {
             match &observation {
-                Observation::Incident(update) => log
-                    .get_or_insert_with(|| lock(&self.incidents))
-                    .apply(update),
+                Observation::Incident(update) => {
+                    log.get_or_insert_with(|| lock(&self.incidents))
+                        .apply(update);
+                    if let Some(events) = &self.events {
+                        events.offer(update);
+                    }
+                }
                 _ => {
                     if let Some((agent, _)) = &mut self.node {
                         node_record(agent, &observation);

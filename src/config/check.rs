@@ -128,6 +128,14 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
             reason: "must be between 1 and 100000".into(),
         });
     }
+    let per_minute = config.events.max_per_object_per_minute;
+    if !(1..=60).contains(&per_minute) {
+        return Err(ConfigError::Value {
+            key: "events.max_per_object_per_minute".into(),
+            value: per_minute.to_string(),
+            reason: "must be between 1 and 60".into(),
+        });
+    }
     Ok(())
 }
 

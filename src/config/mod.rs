@@ -3,7 +3,8 @@
 //!
 //! Each section's type lives beside the code that uses it (`[watch]` in
 //! `k8s::watch`, `[metrics]` in `export::config`, `[probes]` in `probe::config`,
-//! `[incidents]` in `correlate::config`, `[node]` in `node::config`, `[leader_election]` in `leader::config`); this
+//! `[incidents]` in `correlate::config`, `[events]` in `events::config`, `[node]` in
+//! `node::config`, `[leader_election]` in `leader::config`); this
 //! module merges the sources ([`sources`]), checks them ([`check`]) and hands out
 //! [`Settings`]: the effective configuration with what is compiled from it.
 //!
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use crate::correlate::config::IncidentsConfig;
+pub use crate::events::config::EventsConfig;
 pub use crate::export::config::MetricsConfig;
 use crate::export::web::{WebConfigError, WebSecurity};
 use crate::k8s::sharding::Sharding;
@@ -58,6 +60,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub probes: ProbesConfig,
     pub incidents: IncidentsConfig,
+    /// Kubernetes Events for classified restarts and probe outages (off by default).
+    pub events: EventsConfig,
     /// The node agent (`selfheal-exporter node`): where the cgroups are, how often
     /// they are re-read. Ignored by the cluster-wide exporter.
     pub node: NodeConfig,
@@ -88,6 +92,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             probes: ProbesConfig::default(),
             incidents: IncidentsConfig::default(),
+            events: EventsConfig::default(),
             node: NodeConfig::default(),
             sharding: Sharding::default(),
             leader_election: LeaderElectionConfig::default(),

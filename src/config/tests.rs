@@ -34,6 +34,8 @@ fn defaults_are_valid_and_documented_values() {
         assert_eq!(config.listen.to_string(), "0.0.0.0:9964");
         assert_eq!(config.metrics.retention, Duration::from_secs(3600));
         assert_eq!(config.metrics.time_to_recover_buckets.len(), 11);
+        assert!(!config.events.enabled, "events are opt-in");
+        assert_eq!(config.events.max_per_object_per_minute, 6);
         Ok(())
     });
 }
@@ -141,6 +143,12 @@ fn every_bad_input_names_its_key() {
                 "[watch]\nnamespaces = [\"a\"]\nexclude_namespaces = [\"a\"]\n",
                 "watch.exclude_namespaces",
             ),
+            (
+                "events.toml",
+                "[events]\nenabled = true\nmax_per_object_per_minute = 0\n",
+                "events.max_per_object_per_minute",
+            ),
+            ("events-typo.toml", "[events]\nenable = true\n", "enable"),
         ];
         for (name, body, key) in cases {
             jail.create_file(name, body)?;

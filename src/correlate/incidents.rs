@@ -218,9 +218,9 @@ impl IncidentLog {
         }
     }
 
-    /// Records an outage, joined with the restart that explains it; returns the cause
-    /// label for the outage metrics.
-    pub fn record_outage(&mut self, report: OutageReport) -> &'static str {
+    /// Records an outage, joined with the restart that explains it; returns it as
+    /// recorded (its cause is the label for the outage metrics).
+    pub fn record_outage(&mut self, report: OutageReport) -> &OutageIncident {
         let restart = report
             .fronts
             .as_ref()
@@ -247,7 +247,7 @@ impl IncidentLog {
             cause,
             restart,
         });
-        cause
+        &self.outages[self.outages.len() - 1]
     }
 
     /// Records a node agent's OOM kill (its `id` is assigned here).
@@ -393,7 +393,9 @@ mod tests {
             }),
         });
         // The first failed probe came 2 s after the kill (1 s interval + 2 s slack).
-        let cause = log.record_outage(outage(102, 105, Some(Fronts::Workload(workload()))));
+        let cause = log
+            .record_outage(outage(102, 105, Some(Fronts::Workload(workload()))))
+            .cause;
         assert_eq!(cause, "OOMKilled");
         let newest = log.newest(10);
         assert_eq!(newest.len(), 2);
@@ -420,25 +422,29 @@ mod tests {
         let mut log = IncidentLog::new(10, Duration::from_secs(2));
         log.apply(&death(1, Cause::OOMKilled, 100));
         assert_eq!(
-            log.record_outage(outage(200, 205, Some(Fronts::Workload(workload())))),
+            log.record_outage(outage(200, 205, Some(Fronts::Workload(workload()))))
+                .cause,
             "unknown"
         );
         let other = Workload::new("grade-submission", "Pod", "other");
         assert_eq!(
-            log.record_outage(outage(101, 103, Some(Fronts::Workload(other)))),
+            log.record_outage(outage(101, 103, Some(Fronts::Workload(other))))
+                .cause,
             "unknown"
         );
-        assert_eq!(log.record_outage(outage(101, 103, None)), "unknown");
+        assert_eq!(log.record_outage(outage(101, 103, None)).cause, "unknown");
         let selector = |value: &str| Fronts::Selector {
             namespace: "grade-submission".into(),
             selector: [("app".to_owned(), value.to_owned())].into(),
         };
         assert_eq!(
-            log.record_outage(outage(101, 103, Some(selector("web")))),
+            log.record_outage(outage(101, 103, Some(selector("web"))))
+                .cause,
             "unknown"
         );
         assert_eq!(
-            log.record_outage(outage(101, 103, Some(selector("grade")))),
+            log.record_outage(outage(101, 103, Some(selector("grade"))))
+                .cause,
             "OOMKilled"
         );
     }
@@ -456,7 +462,8 @@ mod tests {
             cause: Cause::LivenessProbeFailed,
         });
         assert_eq!(
-            log.record_outage(outage(100, 101, Some(Fronts::Workload(workload())))),
+            log.record_outage(outage(100, 101, Some(Fronts::Workload(workload()))))
+                .cause,
             "LivenessProbeFailed"
         );
         log.apply(&death(2, Cause::OOMKilled, 200));

@@ -169,6 +169,7 @@ pub fn target_from_service(
         name: format!("{namespace}/{name}").into(),
         namespace: Some(namespace.as_str().into()),
         service: Some(name.as_str().into()),
+        service_uid: service.metadata.uid.as_deref().map(Into::into),
         url,
         method: reqwest::Method::GET,
         body: None,

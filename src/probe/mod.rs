@@ -34,6 +34,7 @@ use thiserror::Error;
 use tokio::sync::{mpsc, watch};
 
 use crate::correlate::incidents::{Fronts, OutageReport, SharedIncidentLog, lock};
+use crate::events::EventSink;
 use crate::k8s::sharding::Sharding;
 use http::ProbeResult;
 use metrics::{ProbeMetrics, TargetLabels};
@@ -118,6 +119,8 @@ pub struct Prober {
     sharding: Sharding,
     /// Leader election: probe only while this is true (`None`: always probe).
     leadership: Option<watch::Receiver<bool>>,
+    /// `[events]`: ended outages of discovered targets go to the Event writer.
+    events: Option<EventSink>,
     /// The schedulers run.
     probing: bool,
 }
@@ -144,6 +147,7 @@ impl Prober {
             incoming,
             sharding,
             leadership: None,
+            events: None,
             // Schedulers start in run().
             probing: false,
         };
@@ -156,6 +160,12 @@ impl Prober {
     /// Probes only while `leadership` is true (this replica holds the Lease).
     pub fn with_leadership(mut self, leadership: watch::Receiver<bool>) -> Prober {
         self.leadership = Some(leadership);
+        self
+    }
+
+    /// Hands every ended outage of a discovered target (one with a Service) to `events`.
+    pub fn with_events(mut self, events: EventSink) -> Prober {
+        self.events = Some(events);
         self
     }
 
@@ -359,7 +369,8 @@ impl Prober {
                     failed_probes,
                 } => {
                     let seconds = (end - start).as_secs_f64();
-                    let cause = lock(&self.incidents).record_outage(OutageReport {
+                    let mut log = lock(&self.incidents);
+                    let outage = log.record_outage(OutageReport {
                         target: target.spec.name.clone(),
                         namespace: target.spec.namespace.clone(),
                         service: target.spec.service.clone(),
@@ -369,6 +380,11 @@ impl Prober {
                         probe_interval: target.spec.interval,
                         fronts: target.spec.fronts.clone(),
                     });
+                    let cause = outage.cause;
+                    if let (Some(events), Some(uid)) = (&self.events, &target.spec.service_uid) {
+                        events.offer_outage(outage, uid);
+                    }
+                    drop(log);
                     tracing::info!(
                         target = %target.spec.name,
                         seconds,

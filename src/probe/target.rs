@@ -87,6 +87,8 @@ pub struct ProbeSpec {
     /// For discovered targets: the Service's namespace and name.
     pub namespace: Option<Arc<str>>,
     pub service: Option<Arc<str>>,
+    /// For discovered targets: the Service's UID (an outage's Event regards the Service).
+    pub service_uid: Option<Arc<str>>,
     pub url: Url,
     pub method: Method,
     pub body: Option<String>,
@@ -204,6 +206,7 @@ impl StaticTarget {
             name: self.name.as_str().into(),
             namespace: None,
             service: None,
+            service_uid: None,
             url,
             method,
             body: self.body.clone(),

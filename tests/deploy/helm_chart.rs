@@ -278,9 +278,11 @@ fn helm_chart_is_consistent_without_helm() {
             );
         }
         // RBAC, textually (the rendered check is in rbac_grants_read_access_only): read
-        // only, but for the Lease of leader election.
+        // only, but for the Lease of leader election and the Event writes of [events].
         let allowed: &[&str] = if file == "leader-election-rbac.yaml" {
             &[r#"verbs: ["create"]"#, r#"verbs: ["get", "patch"]"#]
+        } else if file == "events-rbac.yaml" {
+            &[r#"verbs: ["create", "patch"]"#]
         } else {
             &[r#"verbs: ["get", "list", "watch"]"#]
         };
@@ -300,6 +302,7 @@ fn helm_chart_is_consistent_without_helm() {
         "serviceaccount.yaml",
         "rbac.yaml",
         "leader-election-rbac.yaml",
+        "events-rbac.yaml",
         "configmap.yaml",
         "deployment.yaml",
         "service.yaml",

@@ -1,11 +1,12 @@
-//! 4. RBAC: read-only, on exactly what the exporter observes.
+//! 4. RBAC: read-only, on exactly what the exporter observes; its only writes are the
+//!    Lease (with leader election) and Events (with `[events]`), each only when enabled.
 
 use std::collections::BTreeSet;
 
 use serde_json::Value;
 
-use crate::render::{HELM_VALUES, all_renders, chart};
-use crate::rendering::leader_election_of;
+use crate::render::{BASE, EVENTS, HELM_VALUES, all_renders, chart, kustomization};
+use crate::rendering::{env_var, leader_election_of};
 use crate::schemas::assert_keys_within;
 use crate::yaml::{id, kind, namespace, str_of};
 
@@ -107,6 +108,36 @@ fn lease_grants(name: &str) -> BTreeSet<Grant> {
     .collect()
 }
 
+/// What `[events]` may do: create an Event, patch it (the next occurrence of its series).
+fn event_grants() -> BTreeSet<Grant> {
+    ["create", "patch"]
+        .map(|verb| {
+            (
+                "events.k8s.io".to_owned(),
+                "events".to_owned(),
+                verb.to_owned(),
+                String::new(),
+            )
+        })
+        .into_iter()
+        .collect()
+}
+
+fn grants_events(granted: &BTreeSet<Grant>) -> bool {
+    granted
+        .iter()
+        .any(|(group, _, _, _)| group == "events.k8s.io")
+}
+
+/// Whether the workload's container switches `[events]` on.
+fn events_enabled(render: &crate::render::Render, workload: &Value) -> bool {
+    let Some(enabled) = env_var(workload, "SELFHEAL_EVENTS__ENABLED") else {
+        return false;
+    };
+    assert_eq!(enabled["value"], "true", "{}: {enabled}", render.what);
+    true
+}
+
 #[test]
 fn rbac_grants_read_access_only() {
     for render in all_renders() {
@@ -125,6 +156,51 @@ fn rbac_grants_read_access_only() {
             !cluster_roles.is_empty() || !roles.is_empty(),
             "{what}: no RBAC"
         );
+        // The Event writes: a role of their own granting exactly create and patch, rendered
+        // exactly when [events] is on (cluster-wide, or in each observed namespace).
+        let events = events_enabled(render, workload);
+        let mut event_roles = Vec::new();
+        for role in cluster_roles.iter().chain(&roles) {
+            let granted = grants(role, what);
+            if grants_events(&granted) {
+                assert!(
+                    events,
+                    "{what}: {} grants Event writes without [events]",
+                    id(role)
+                );
+                assert_eq!(granted, event_grants(), "{what}: {}", id(role));
+                event_roles.push(*role);
+            }
+        }
+        let cluster_roles: Vec<&Value> = cluster_roles
+            .into_iter()
+            .filter(|role| !event_roles.contains(role))
+            .collect();
+        let roles: Vec<&Value> = roles
+            .into_iter()
+            .filter(|role| !event_roles.contains(role))
+            .collect();
+        if events {
+            let mut expected: Vec<(&str, &str)> = if cluster_roles.is_empty() {
+                roles
+                    .iter()
+                    .filter(|role| !grants(role, what).iter().any(|g| g.1 == "leases"))
+                    .map(|role| (kind(role), namespace(role)))
+                    .collect()
+            } else {
+                vec![("ClusterRole", "")]
+            };
+            let mut found: Vec<(&str, &str)> = event_roles
+                .iter()
+                .map(|role| (kind(role), namespace(role)))
+                .collect();
+            expected.sort_unstable();
+            found.sort_unstable();
+            assert_eq!(
+                found, expected,
+                "{what}: Event writes where the exporter reads, once"
+            );
+        }
         for role in &cluster_roles {
             assert_eq!(
                 grants(role, what),
@@ -196,17 +272,33 @@ fn rbac_grants_read_access_only() {
             assert_eq!(subjects[0]["name"], account, "{what}: {}", id(binding));
             assert_eq!(subjects[0]["namespace"], home, "{what}: {}", id(binding));
         }
-        for role in cluster_roles.iter().chain(&roles) {
+        for role in cluster_roles.iter().chain(&roles).chain(&event_roles) {
             assert!(bound.contains(&id(role)), "{what}: {} is bound", id(role));
         }
+    }
+    // [events] is off by default: the base and the default chart grant no write on Events.
+    for render in [kustomization(BASE), chart(None)].into_iter().flatten() {
+        assert!(
+            !events_enabled(render, render.workload()),
+            "{}",
+            render.what
+        );
+    }
+    for render in [kustomization(EVENTS), chart(HELM_VALUES[1])]
+        .into_iter()
+        .flatten()
+    {
+        assert!(events_enabled(render, render.workload()), "{}", render.what);
     }
     // The namespaced chart creates nothing cluster-wide.
     if let Some(namespaced) = chart(HELM_VALUES[2]) {
         assert!(namespaced.of_kind("ClusterRole").is_empty());
         assert!(namespaced.of_kind("ClusterRoleBinding").is_empty());
+        // Its read Roles (it also writes Events: a Role "-events" beside each).
         let mut role_namespaces: Vec<_> = namespaced
             .of_kind("Role")
             .into_iter()
+            .filter(|role| !crate::yaml::name(role).ends_with("-events"))
             .map(namespace)
             .collect();
         role_namespaces.sort();

@@ -17,6 +17,7 @@ pub(crate) const OPERATOR: &str = "deploy/kustomize/overlays/prometheus-operator
 pub(crate) const SHARDED: &str = "deploy/kustomize/overlays/sharded";
 pub(crate) const LEADER_ELECTED: &str = "deploy/kustomize/overlays/leader-elected";
 pub(crate) const TLS: &str = "deploy/kustomize/overlays/tls";
+pub(crate) const EVENTS: &str = "deploy/kustomize/overlays/events";
 pub(crate) const CHART: &str = "deploy/helm/selfheal-exporter";
 
 /// The Kubernetes versions every rendered manifest is validated against: the oldest the
@@ -157,7 +158,7 @@ fn helm_template(values: Option<&str>) -> Render {
 // skipping was asked for (`SKIP_MISSING_TOOLS`).
 
 /// The Kustomize directories under test: the base, then each overlay.
-pub(crate) const KUSTOMIZATIONS: [&str; 5] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED, TLS];
+pub(crate) const KUSTOMIZATIONS: [&str; 6] = [BASE, OPERATOR, SHARDED, LEADER_ELECTED, TLS, EVENTS];
 
 /// `kubectl kustomize` of one of `KUSTOMIZATIONS`.
 pub(crate) fn kustomization(dir: &str) -> Option<&'static Render> {

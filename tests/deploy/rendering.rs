@@ -133,7 +133,7 @@ const LEADER_ENV_PREFIX: &str = "SELFHEAL_LEADER_ELECTION__";
 const DEFAULT_LEASE: &str = "selfheal-exporter-prober";
 
 /// The container's environment variable `name`, if set.
-fn env_var<'a>(workload: &'a Value, wanted: &str) -> Option<&'a Value> {
+pub(crate) fn env_var<'a>(workload: &'a Value, wanted: &str) -> Option<&'a Value> {
     workload["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()?
         .iter()

@@ -132,7 +132,8 @@ mod tests {
         assert_eq!(core["resources"][0]["shortNames"][0], "po");
         assert!(resource_list("coordination.k8s.io", "v1").is_some());
         assert!(resource_list("apps", "v1").is_none());
-        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 2);
+        assert_eq!(group_list()["groups"].as_array().unwrap().len(), 3);
+        assert!(resource_list("events.k8s.io", "v1").is_some());
         assert_eq!(
             group("discovery.k8s.io").unwrap()["preferredVersion"]["version"],
             "v1"

@@ -35,7 +35,7 @@ pub use error::{ApiError, ApiResult};
 pub use faults::Faults;
 pub use patch::Patch;
 pub use resources::{
-    ENDPOINT_SLICES, EVENTS, LEASES, NAMESPACES, PODS, RESOURCES, ResourceType, SERVICES,
+    ENDPOINT_SLICES, EVENTS, EVENTS_V1, LEASES, NAMESPACES, PODS, RESOURCES, ResourceType, SERVICES,
 };
 pub use routes::{AppState, router};
 pub use selectors::{FieldSelector, LabelSelector, Selector};

@@ -158,10 +158,39 @@ pub const LEASES: ResourceType = ResourceType {
     extra_fields: &[],
 };
 
+/// events.k8s.io/v1 Event: the newer Events API (`regarding`, `note`, `series`), in the
+/// same storage as core Events on a real server; here a table of its own.
+pub const EVENTS_V1: ResourceType = ResourceType {
+    kind: "Event",
+    plural: "events",
+    singular: "event",
+    group: "events.k8s.io",
+    version: "v1",
+    namespaced: true,
+    has_status: false,
+    short_names: &[],
+    extra_fields: &[
+        "regarding.kind",
+        "regarding.namespace",
+        "regarding.name",
+        "regarding.uid",
+        "reason",
+        "reportingController",
+        "type",
+    ],
+};
+
 /// Every served resource type. Add a resource here and it is routed,
 /// discoverable, stored and watchable.
-pub static RESOURCES: &[ResourceType] =
-    &[PODS, EVENTS, SERVICES, NAMESPACES, ENDPOINT_SLICES, LEASES];
+pub static RESOURCES: &[ResourceType] = &[
+    PODS,
+    EVENTS,
+    SERVICES,
+    NAMESPACES,
+    ENDPOINT_SLICES,
+    LEASES,
+    EVENTS_V1,
+];
 
 /// Looks a resource type up by group, version and plural (as found in a URL).
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
@@ -194,12 +223,18 @@ mod tests {
         assert_eq!(PODS.api_version(), "v1");
         assert_eq!(LEASES.api_version(), "coordination.k8s.io/v1");
         assert_eq!(EVENTS.list_kind(), "EventList");
+        assert_eq!(EVENTS_V1.api_version(), "events.k8s.io/v1");
+        assert!(EVENTS_V1.supports_field("regarding.uid"));
         assert!(PODS.supports_field("status.phase"));
         assert!(!NAMESPACES.supports_field("metadata.namespace"));
         assert!(!PODS.supports_field("spec.containers"));
         assert_eq!(
             api_groups(),
-            vec![("discovery.k8s.io", "v1"), ("coordination.k8s.io", "v1")]
+            vec![
+                ("discovery.k8s.io", "v1"),
+                ("coordination.k8s.io", "v1"),
+                ("events.k8s.io", "v1")
+            ]
         );
     }
 }
