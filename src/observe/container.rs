@@ -17,6 +17,9 @@ use super::recovery::{self, RecoveryPhases};
 use super::{Anomaly, DeathId, DeathRecord, IncidentUpdate, Observation, PodContext, Sink};
 use crate::k8s::types::{ContainerStatus, RestartRule, StateTerminated, rule_action};
 
+/// How many keys of deaths that left the ring of two are remembered besides.
+const EARLIER: usize = 6;
+
 /// Readiness seen later than this after the kubelet's Ready transition was seen late.
 const LATE: SignedDuration = SignedDuration::from_secs(3);
 
@@ -65,6 +68,9 @@ pub struct ContainerTracker {
     /// The two most recent deaths: the kubelet shows at most two (state and lastState).
     /// A Vec, empty and unallocated for the many containers that never die.
     deaths: Vec<Death>,
+    /// The keys of the deaths before those two (at most [`EARLIER`]): the kubelet never
+    /// shows an older death again, but a status out of order must not count one twice.
+    earlier: Vec<u64>,
     /// A death or restart was counted and the container has not been ready since.
     awaiting_recovery: bool,
     crashlooping: Option<bool>,
@@ -78,6 +84,7 @@ impl ContainerTracker {
             restart_rules: Vec::new(),
             restart_count: 0,
             deaths: Vec::new(),
+            earlier: Vec::new(),
             awaiting_recovery: false,
             crashlooping: None,
         }
@@ -103,7 +110,7 @@ impl ContainerTracker {
 
     fn see_death(&mut self, terminated: &StateTerminated, ctx: &PodContext, sink: &mut Sink) {
         let key = death_key(terminated);
-        if self.find_death(key).is_some() {
+        if self.find_death(key).is_some() || self.earlier.contains(&key) {
             return;
         }
         let finished_at = sink.parse_time(terminated.finished_at.as_deref());
@@ -206,6 +213,10 @@ impl ContainerTracker {
             if oldest.undecided_until.take().is_some() {
                 release_held(&mut oldest, &self.name, ctx, sink);
             }
+            if self.earlier.len() == EARLIER {
+                self.earlier.remove(0);
+            }
+            self.earlier.push(oldest.key);
         }
         // At most two are kept: do not let the first push reserve room for four.
         self.deaths.reserve_exact(1);
