@@ -164,11 +164,12 @@ impl Exporter {
             &config,
             format!(
                 "listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n{}",
-                // The agent also names the victims from the kernel log (root here).
+                // The agent also names the victims from the kernel log (root here); the
+                // exporter writes its findings back as Events (kubectl describe pod).
                 if node.is_some() {
                     "[node]\nkmsg = true\n"
                 } else {
-                    ""
+                    "[events]\nenabled = true\n"
                 }
             ),
         )
@@ -609,6 +610,30 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         std::thread::sleep(Duration::from_millis(500));
     }
     check_restart_paths(&cluster, &exporter);
+
+    // The OOM kills written back: `kubectl describe pod` shows the exporter's Event
+    // (events.k8s.io/v1, from selfheal-exporter) with the cause, the container and the
+    // limit, which Kubernetes itself never records.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let described = cluster.kubectl(&["describe", "pod", "oom", "-n", "default"], None);
+        let line = described
+            .lines()
+            .find(|line| line.contains("OOMKilled") && line.contains("selfheal-exporter"));
+        if let Some(line) = line {
+            eprintln!("kubectl describe pod oom: {}", line.trim());
+            assert!(line.contains("Warning"), "{described}");
+            assert!(line.contains("hog") && line.contains("48Mi"), "{described}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OOMKilled Event from selfheal-exporter in kubectl describe:\n{described}\n\
+             its log:\n{}",
+            exporter.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     drop(exporter);
 
     // The node agent: the forker's child is one process OOM kill, its container alive
