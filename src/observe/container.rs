@@ -109,6 +109,14 @@ impl ContainerTracker {
     }
 
     fn see_death(&mut self, terminated: &StateTerminated, ctx: &PodContext, sink: &mut Sink) {
+        if terminated.reason.as_deref() == Some(RESTARTING_ALL) {
+            // Removed by the kubelet for the pod restart another container (or this one)
+            // asked for: no death of its own (no incident, no exit code; 137, no ID and no
+            // times are the kubelet's filler, the same in every cycle, so it cannot be told
+            // apart by key and is not remembered). The restart it brings counts with that
+            // cause (see_restart_count).
+            return;
+        }
         let key = death_key(terminated);
         if self.find_death(key).is_some() || self.earlier.contains(&key) {
             return;
@@ -122,17 +130,6 @@ impl ContainerTracker {
                 ..Death::decided(key, finished_at, Cause::Unknown)
             };
             self.remember(death, ctx, sink);
-            return;
-        }
-        if terminated.reason.as_deref() == Some(RESTARTING_ALL) {
-            // Removed by the kubelet for the pod restart another container asked for: no
-            // death of its own (no incident, no exit code; 137, no ID and no times are
-            // the kubelet's filler). The restart it brings counts, with that cause.
-            self.remember(
-                Death::decided(key, finished_at, Cause::RestartAllContainers),
-                ctx,
-                sink,
-            );
             return;
         }
         if terminated.container_id.is_none() && finished_at.is_none() {
@@ -240,6 +237,17 @@ impl ContainerTracker {
         }
         self.awaiting_recovery = true;
         let mut unexplained = count - previous;
+        let last = status.last_state.terminated.as_ref();
+        if last.and_then(|death| death.reason.as_deref()) == Some(RESTARTING_ALL) {
+            // The kubelet's filler after a RestartAllContainers: that is the cause.
+            sink.out.push(Observation::Restarted {
+                workload: ctx.workload.clone(),
+                container: self.name.clone(),
+                cause: Cause::RestartAllContainers,
+                count: 1,
+            });
+            unexplained -= 1;
+        }
         let caused_by = status
             .last_state
             .terminated

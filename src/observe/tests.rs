@@ -1151,7 +1151,7 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
     h.apply(
         &both(
             running(1, true, Some(removed.clone())),
-            running(1, true, Some(removed)),
+            running(1, true, Some(removed.clone())),
         ),
         103,
     );
@@ -1178,6 +1178,38 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
     assert!(anomalies(&out).is_empty(), "{out:?}");
     // The kubelet's filler has no times: no time to recover can be measured.
     assert!(recoveries(&out).is_empty(), "{out:?}");
+
+    // Cycle after cycle the filler is the same (no ID, no times): every restart still
+    // counts with its cause, none as Unknown (the real kubelet, 23 cycles in CI).
+    for cycle in 2..=12 {
+        let at = 100 * i64::from(cycle);
+        let exit = death("Error", 42, &format!("c{cycle}"), at);
+        h.apply(
+            &both(
+                terminated(cycle - 1, exit, Some(removed.clone())),
+                running(cycle - 1, true, Some(removed.clone())),
+            ),
+            at,
+        );
+        h.apply(
+            &both(
+                running(cycle, true, Some(removed.clone())),
+                running(cycle, true, Some(removed.clone())),
+            ),
+            at + 3,
+        );
+    }
+    h.tick(2_000);
+    let out = h.take();
+    let counted = restarts(&out);
+    assert_eq!(counted.len(), 22, "{counted:?}");
+    assert!(
+        counted
+            .iter()
+            .all(|r| *r == (Cause::RestartAllContainers, 1)),
+        "{counted:?}"
+    );
+    assert_eq!(deaths(&out).len(), 11, "one death per pod restart");
 }
 
 #[test]
