@@ -1182,7 +1182,7 @@ fn restart_all_containers_is_one_incident_for_the_pod_not_a_crash_per_container(
     // Cycle after cycle the filler is the same (no ID, no times): every restart still
     // counts with its cause, none as Unknown (the real kubelet, 23 cycles in CI).
     for cycle in 2..=12 {
-        let at = 100 * i64::from(cycle);
+        let at = 100 * cycle;
         let exit = death("Error", 42, &format!("c{cycle}"), at);
         h.apply(
             &both(
