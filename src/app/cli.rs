@@ -37,8 +37,10 @@ enum Command {
     CheckConfig(CheckConfigArgs),
 }
 
+/// The flags `run` and `node` share: where to listen, how to reach the cluster, the
+/// config and the logs.
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub struct DaemonArgs {
     /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964]; `:PORT` is
     /// every interface. --web.listen-address is the same flag (exporter-toolkit's name);
     /// giving both is an error
@@ -60,6 +62,12 @@ pub struct RunArgs {
     /// Log format; the level comes from RUST_LOG [default: text]
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     /// This replica's shard (0-based), or `auto`: the ordinal at the end of the pod name
     /// (POD_NAME, else HOSTNAME), as in a StatefulSet [default: 0]
     #[arg(long, value_name = "I|auto")]
@@ -106,25 +114,8 @@ pub struct NodeArgs {
     /// This node's name (the downward API's spec.nodeName); only its pods are watched
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
-    /// Address for /metrics, /healthz and /readyz [default: 0.0.0.0:9964];
-    /// --web.listen-address is the same flag (exporter-toolkit's name)
-    #[arg(long, visible_alias = "web.listen-address", value_name = "ADDR", value_parser = listen_address)]
-    pub listen: Option<SocketAddr>,
-    /// exporter-toolkit web configuration file (TLS, basic auth), as for `run`
-    #[arg(long = "web.config.file", value_name = "PATH")]
-    pub web_config_file: Option<PathBuf>,
-    /// Kubeconfig file(s); without it: in-cluster config in a pod, else ~/.kube/config
-    #[arg(long, env = "KUBECONFIG", value_name = "PATH")]
-    pub kubeconfig: Option<String>,
-    /// Kubeconfig context to use
-    #[arg(long, value_name = "NAME")]
-    pub context: Option<String>,
-    /// Config file, TOML or YAML by extension
-    #[arg(long, env = "SELFHEAL_CONFIG", value_name = "PATH")]
-    pub config: Option<PathBuf>,
-    /// Log format; the level comes from RUST_LOG [default: text]
-    #[arg(long, value_enum, value_name = "FORMAT")]
-    pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
 }
 
 #[derive(Args, Debug)]
@@ -180,20 +171,11 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let flags = FlagOverrides {
-        listen: args.listen,
-        web_config_file: args.web_config_file,
-        log_format: args.log_format,
-        sharding: ShardingOverrides {
-            shard,
-            total_shards: args.total_shards,
-        },
+    let sharding = ShardingOverrides {
+        shard,
+        total_shards: args.total_shards,
     };
-    let access = ClusterAccess {
-        kubeconfig: args.kubeconfig,
-        context: args.context,
-    };
-    start(args.config.as_deref(), &flags, access, None)
+    start(args.daemon, sharding, None)
 }
 
 fn node(args: NodeArgs) -> ExitCode {
@@ -212,33 +194,27 @@ fn node(args: NodeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let flags = FlagOverrides {
-        listen: args.listen,
-        web_config_file: args.web_config_file,
-        log_format: args.log_format,
-        sharding: ShardingOverrides::default(),
-    };
-    let access = ClusterAccess {
-        kubeconfig: args.kubeconfig,
-        context: args.context,
-    };
     start(
-        args.config.as_deref(),
-        &flags,
-        access,
+        args.daemon,
+        ShardingOverrides::default(),
         Some(NodeMode { node_name }),
     )
 }
 
 /// Loads the settings, starts logging and runs the daemon (cluster-wide, or the node
 /// agent with `node`).
-fn start(
-    config: Option<&std::path::Path>,
-    flags: &FlagOverrides,
-    access: ClusterAccess,
-    node: Option<NodeMode>,
-) -> ExitCode {
-    let settings = match Settings::load(config, flags) {
+fn start(args: DaemonArgs, sharding: ShardingOverrides, node: Option<NodeMode>) -> ExitCode {
+    let flags = FlagOverrides {
+        listen: args.listen,
+        web_config_file: args.web_config_file,
+        log_format: args.log_format,
+        sharding,
+    };
+    let access = ClusterAccess {
+        kubeconfig: args.kubeconfig,
+        context: args.context,
+    };
+    let settings = match Settings::load(args.config.as_deref(), &flags) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("error: {error}");
