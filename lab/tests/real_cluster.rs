@@ -114,6 +114,17 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The last `lines` lines of a component's log (`kubelet`, `containerd`, …), for a
+    /// failure's message.
+    fn log_tail(component: &str, lines: usize) -> String {
+        let path = Path::new(STATE_DIR)
+            .join("logs")
+            .join(format!("{component}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| format!("{error}"));
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     fn down(&self) -> std::process::Output {
         Self::cluster_cmd(&self.bin, "down")
             .output()
@@ -220,7 +231,10 @@ impl Exporter {
     fn sum(&self, name: &str, labels: &[&str]) -> f64 {
         let (_, body) = self.get("/metrics").unwrap_or_default();
         body.lines()
-            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
             .filter(|line| labels.iter().all(|label| line.contains(label)))
             .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
@@ -604,7 +618,10 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         assert!(
             Instant::now() < deadline,
             "the daemon counted {counted} OOMKilled restarts ({other} others) and {oom_kills} OOM \
-             kills; the kubelet's restartCount is {restarts}; its log:\n{}",
+             kills; the kubelet's restartCount is {restarts}; the pod:\n{}\nthe kubelet's log:\n{}\n\
+             the daemon's log:\n{}",
+            cluster.kubectl(&["describe", "pod", "oom", "-n", "default"], None),
+            Cluster::log_tail("kubelet", 80),
             exporter.log()
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -614,7 +631,7 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     // The OOM kills written back: `kubectl describe pod` shows the exporter's Event
     // (events.k8s.io/v1, from selfheal-exporter) with the cause, the container and the
     // limit, which Kubernetes itself never records.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let described = cluster.kubectl(&["describe", "pod", "oom", "-n", "default"], None);
         let line = described
@@ -634,6 +651,16 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Every write accepted by the real API server (which refuses a changed note).
+    let written = exporter.sum("selfheal_events_written_total", &[]);
+    assert!(written >= 1.0, "no Event written: {written}");
+    let write_errors = exporter.sum("selfheal_event_write_errors_total", &[]);
+    assert_eq!(
+        write_errors,
+        0.0,
+        "Event writes refused; the daemon's log:\n{}",
+        exporter.log()
+    );
     drop(exporter);
 
     // The node agent: the forker's child is one process OOM kill, its container alive

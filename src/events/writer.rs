@@ -1,12 +1,13 @@
 //! The Event writer task: incident updates and outages from the queue through the
 //! [`EventPlanner`], then one API call per intent: a create for a new Event, a merge
-//! patch of `note` and `series` for the next occurrence (falling back to the other call
-//! when the Event turns out to exist already, or to be gone: expired by the API
-//! server's event TTL, or deleted).
+//! patch of its `series` for the next occurrence (falling back to the other call when
+//! the Event turns out to exist already, or to be gone: expired by the API server's event
+//! TTL, or deleted). Nothing else of an events.k8s.io/v1 Event may change: the real API
+//! server answers 422 "field is immutable" to a changed note.
 //!
-//! kube-rs's `runtime::events::Recorder` was not used: it keeps the first note for the
-//! whole series (ours carries the count in the last hour and the time to recover), reads
-//! the clock itself, and has no rate limit.
+//! kube-rs's `runtime::events::Recorder` was not used: it creates the Event at once
+//! (ours waits for the time to recover, which its note carries), reads the clock itself,
+//! and has no rate limit.
 
 use std::time::Duration;
 
@@ -126,11 +127,14 @@ impl EventWriter {
         }
     }
 
+    /// The next occurrence of an existing Event: its `series` only.
     async fn patch(&self, events: &Api<Event>, intent: &EventIntent) -> Result<(), Error> {
-        let mut patch = serde_json::json!({ "note": intent.note });
-        if let Some(series) = series(intent) {
-            patch["series"] = serde_json::to_value(series).map_err(Error::SerdeError)?;
-        }
+        let Some(series) = series(intent) else {
+            return Ok(()); // a first occurrence that exists already: nothing to add
+        };
+        let patch = serde_json::json!({
+            "series": serde_json::to_value(series).map_err(Error::SerdeError)?,
+        });
         events
             .patch(
                 &intent.name,

@@ -5,7 +5,8 @@
 //! history), `selectors`, `patch`, `defaults` (create-time defaulting),
 //! `watch` (watch streams), `routes` (HTTP), `discovery`, `table` (kubectl
 //! printing), `faults` (fault injection), `kubeconfig`, `error` (`Status`),
-//! `apply` (server-side apply and `managedFields`).
+//! `apply` (server-side apply and `managedFields`), `update_rules` (what an
+//! update may not change).
 
 mod apply;
 mod defaults;
@@ -19,6 +20,7 @@ mod routes;
 mod selectors;
 mod store;
 mod table;
+mod update_rules;
 mod watch;
 
 use std::net::SocketAddr;

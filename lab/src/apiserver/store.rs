@@ -39,6 +39,7 @@ use super::error::{ApiError, ApiResult};
 use super::patch::Patch;
 use super::resources::{NAMESPACES, RESOURCES, ResourceType};
 use super::selectors::Selector;
+use super::update_rules;
 
 /// Default number of retained history entries.
 pub const DEFAULT_HISTORY: usize = 10_000;
@@ -837,6 +838,7 @@ impl Store {
                     };
                 }
             }
+            update_rules::check_update(rt, name, &old, &new)?;
             set_rv(&mut new, old_rv.parse().unwrap_or(0));
             if let Some(opts) = tracking {
                 let manager = opts.field_manager.clone().or_else(|| {
