@@ -51,6 +51,14 @@
 //!    rate) dies twice more while its previous `Error` death still waits for a
 //!    probe-kill Event: the two-death ring must decide and release the oldest, never
 //!    drop it (issue 12; before the fix, Error restarts were lost).
+//! 9. `new-causes`: the restart paths of a 1.35+ kubelet, in turn: `OOMKilled`/137,
+//!    `Error`/1, an exit its container's `restartPolicyRules` restart on (`Error`/42:
+//!    `RestartRule`), an OOM kill during container start (`StartError`/128 "container init
+//!    was OOM-killed (memory limit too low?)": an `OOMKilled` restart and an OOM kill), and
+//!    an exit a rule answers with `RestartAllContainers` (`Error`/43, the pod condition
+//!    `AllContainersRestarting`, then the kubelet's `RestartingAllContainers`/137 filler
+//!    without ID or times in `lastState`). Restarts are compared by `reason` too: injected
+//!    = counted for each.
 //! 7. `clock-jump`: node clock skew. The kubelet's timestamps (`startedAt`, `finishedAt`,
 //!    the Ready condition's `lastTransitionTime`) are true time for the first third of
 //!    the window, 1 h in the future for the second, 1 h in the past for the last. Counts
@@ -122,10 +130,11 @@ enum Scenario {
     HangingProbe,
     ClockJump,
     FastRedeaths,
+    NewCauses,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 9] = [
+    const ALL: [Scenario; 10] = [
         Scenario::Baseline,
         Scenario::ApiServerRestart,
         Scenario::WatchDrops,
@@ -135,6 +144,7 @@ impl Scenario {
         Scenario::HangingProbe,
         Scenario::ClockJump,
         Scenario::FastRedeaths,
+        Scenario::NewCauses,
     ];
 
     fn name(self) -> &'static str {
@@ -148,6 +158,7 @@ impl Scenario {
             Scenario::HangingProbe => "hanging-probe",
             Scenario::ClockJump => "clock-jump",
             Scenario::FastRedeaths => "fast-redeaths",
+            Scenario::NewCauses => "new-causes",
         }
     }
 }
@@ -341,7 +352,11 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
     let probe_start = (scenario == Scenario::HangingProbe).then(|| ProbeCounts::of(&before));
     kubelet
         .clone()
-        .inject(settings.rate, window_start + settings.window)
+        .inject(
+            settings.rate,
+            window_start + settings.window,
+            scenario == Scenario::NewCauses,
+        )
         .await;
     stop.store(true, Ordering::Relaxed);
     let fault_note = fault.await.context("fault task")?;
@@ -383,6 +398,22 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
 
     let counted_restarts = last.sum("selfheal_container_restarts_total", &[]);
     let counted_ooms = last.sum("selfheal_container_oom_kills_total", &[]);
+    let mut extra = Vec::new();
+    let by_reason = lock(&kubelet.injected_by_reason).clone();
+    let mut reasons = Vec::new();
+    for (reason, injected) in &by_reason {
+        let counted = last.sum("selfheal_container_restarts_total", &[("reason", reason)]);
+        reasons.push(format!("{reason} {injected}/{counted}"));
+        if counted != *injected as f64 {
+            problems.push(format!(
+                "MISMATCH: {injected} {reason} restarts injected, {counted} counted"
+            ));
+        }
+    }
+    extra.push(format!(
+        "restarts by reason, injected/counted: {}",
+        reasons.join(", ")
+    ));
     if counted_restarts != injected_restarts as f64 || counted_ooms != injected_ooms as f64 {
         problems.push(format!(
             "MISMATCH: injected {injected_restarts} restarts / {injected_ooms} OOMKills, \
@@ -402,7 +433,6 @@ async fn run_scenario(scenario: Scenario, settings: &Settings) -> Result<Outcome
         ));
     }
 
-    let mut extra = Vec::new();
     if let Some(start) = probe_start {
         let end = ProbeCounts::of(&window_scrape);
         let expected = window_secs / PROBE_INTERVAL;
@@ -580,6 +610,11 @@ async fn run_fault(
             return "metrics.attribution_wait 30 s: each pod dies again while its Error death waits"
                 .into();
         }
+        Scenario::NewCauses => {
+            return "no API fault: OOMKilled, Error, rule Restart (42), StartError OOM, rule \
+                    RestartAllContainers (43) in turn"
+                .into();
+        }
     };
     let mut count = 0u32;
     let mut outage = Duration::ZERO;
@@ -638,7 +673,8 @@ async fn run_fault(
             Scenario::Baseline
             | Scenario::HangingProbe
             | Scenario::ClockJump
-            | Scenario::FastRedeaths => {}
+            | Scenario::FastRedeaths
+            | Scenario::NewCauses => {}
         }
         next += Duration::from_secs_f64(period);
     }
@@ -798,6 +834,72 @@ async fn serve_ok(listener: TcpListener) {
 // The kubelet.
 // ---------------------------------------------------------------------------------------
 
+/// How a container dies, and the restart `reason` the daemon must count it under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Death {
+    Oom,
+    Error,
+    /// `Error`/42: the container's rule restarts it.
+    RuleRestart,
+    /// `StartError`/128, runc's OOM kill during container start.
+    StartOom,
+    /// `Error`/43: the container's rule restarts every container of the pod.
+    RestartAll,
+}
+
+impl Death {
+    const NEW_CAUSES: [Death; 5] = [
+        Death::Oom,
+        Death::Error,
+        Death::RuleRestart,
+        Death::StartOom,
+        Death::RestartAll,
+    ];
+
+    /// The kubelet's termination reason and exit code, and the runtime's message.
+    fn termination(self) -> (&'static str, i32, Option<&'static str>) {
+        match self {
+            Death::Oom => ("OOMKilled", 137, None),
+            Death::Error => ("Error", 1, None),
+            Death::RuleRestart => ("Error", RULE_RESTART_EXIT, None),
+            Death::StartOom => (
+                "StartError",
+                128,
+                Some(
+                    "failed to create containerd task: failed to create shim task: OCI runtime \
+                     create failed: runc create failed: unable to start container process: \
+                     container init was OOM-killed (memory limit too low?)",
+                ),
+            ),
+            Death::RestartAll => ("Error", RULE_RESTART_ALL_EXIT, None),
+        }
+    }
+
+    fn is_oom_kill(self) -> bool {
+        matches!(self, Death::Oom | Death::StartOom)
+    }
+
+    /// The `reason` label the daemon counts the restart under.
+    fn counted_reason(self) -> &'static str {
+        match self {
+            Death::Oom | Death::StartOom => "OOMKilled",
+            Death::Error => "Error",
+            Death::RuleRestart => "RestartRule",
+            Death::RestartAll => "RestartAllContainers",
+        }
+    }
+}
+
+/// The exit codes the pods' `restartPolicyRules` answer with `Restart` and with
+/// `RestartAllContainers` (KEP-5307, KEP-5532).
+const RULE_RESTART_EXIT: i32 = 42;
+const RULE_RESTART_ALL_EXIT: i32 = 43;
+
+/// What the kubelet leaves in `lastState` when RestartAllContainers removed a container.
+const RESTARTING_ALL: &str = "RestartingAllContainers";
+const RESTARTING_ALL_MESSAGE: &str =
+    "The container is removed because RestartAllContainers in place";
+
 struct PodSim {
     name: String,
     restarts: u32,
@@ -809,6 +911,8 @@ struct PodSim {
     ready: bool,
     ready_since: String,
     busy: bool,
+    /// The pod condition `AllContainersRestarting` is True (RestartAllContainers under way).
+    restarting_all: bool,
 }
 
 /// Writes pod status as the kubelet does, straight into the lab's store.
@@ -819,6 +923,8 @@ struct Kubelet {
     skew_secs: AtomicI64,
     injected_restarts: AtomicU64,
     injected_ooms: AtomicU64,
+    /// Restarts injected, by the `reason` the daemon must count them under.
+    injected_by_reason: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 impl Kubelet {
@@ -865,12 +971,14 @@ impl Kubelet {
                         ready: false,
                         ready_since: String::new(),
                         busy: false,
+                        restarting_all: false,
                     })
                 })
                 .collect(),
             skew_secs: AtomicI64::new(0),
             injected_restarts: AtomicU64::new(0),
             injected_ooms: AtomicU64::new(0),
+            injected_by_reason: Mutex::default(),
         };
         let ten_minutes_ago = kubelet.node_now() - SignedDuration::from_mins(10);
         for pod in &kubelet.pods {
@@ -908,6 +1016,7 @@ impl Kubelet {
         }
         let condition = if ready { "True" } else { "False" };
         let since = pod.ready_since.clone();
+        let all_restarting = if pod.restarting_all { "True" } else { "False" };
         self.store
             .merge_status(
                 &PODS,
@@ -919,7 +1028,9 @@ impl Kubelet {
                         {"type": "Initialized", "status": "True", "lastTransitionTime": since},
                         {"type": "Ready", "status": condition, "lastTransitionTime": since},
                         {"type": "ContainersReady", "status": condition, "lastTransitionTime": since},
-                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": since}
+                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": since},
+                        {"type": "AllContainersRestarting", "status": all_restarting,
+                         "lastTransitionTime": since}
                     ],
                     "hostIP": "10.0.0.1",
                     "podIP": "10.244.0.10",
@@ -931,21 +1042,28 @@ impl Kubelet {
     }
 
     /// One death and restart of pod `index`, in the kubelet's four steps.
-    async fn restart(&self, index: usize, oom: bool) -> Result<()> {
-        let (reason, exit_code) = if oom {
-            ("OOMKilled", 137)
-        } else {
-            ("Error", 1)
-        };
+    async fn restart(&self, index: usize, kind: Death) -> Result<()> {
+        let (reason, exit_code, message) = kind.termination();
         // 1. terminated; lastState still shows the previous death.
         let death = {
             let mut pod = lock(&self.pods[index]);
-            let death = json!({"terminated": {
+            // A container that never started has the zero time as its start (runc failed
+            // in `create`).
+            let started_at = if kind == Death::StartOom {
+                "1970-01-01T00:00:00Z".to_owned()
+            } else {
+                pod.started_at.clone()
+            };
+            let mut death = json!({"terminated": {
                 "reason": reason, "exitCode": exit_code,
-                "startedAt": pod.started_at,
+                "startedAt": started_at,
                 "finishedAt": ts(self.node_now()),
                 "containerID": pod.instance
             }});
+            if let Some(message) = message {
+                death["terminated"]["message"] = json!(message);
+            }
+            pod.restarting_all = kind == Death::RestartAll;
             let status = json!({
                 "name": "api", "ready": false, "started": false, "restartCount": pod.restarts,
                 "image": IMAGE, "imageID": format!("docker.io/{IMAGE}@sha256:0b5f"),
@@ -954,20 +1072,34 @@ impl Kubelet {
                 "lastState": pod.last.clone().unwrap_or(json!({}))
             });
             self.write(&mut pod, status, false)?;
-            if oom {
+            if kind.is_oom_kill() {
                 self.injected_ooms.fetch_add(1, Ordering::Relaxed);
             }
             death
         };
+        // RestartAllContainers: the kubelet removes the container; from then on its
+        // status shows a filler without ID or times (pkg/kubelet/kubelet_pods.go).
+        let death = if kind == Death::RestartAll {
+            json!({"terminated": {"reason": RESTARTING_ALL, "exitCode": 137,
+                                  "message": RESTARTING_ALL_MESSAGE}})
+        } else {
+            death
+        };
         tokio::time::sleep(STEP).await;
-        // 2. waiting in CrashLoopBackOff, the death in lastState.
+        // 2. waiting (in CrashLoopBackOff, or while all containers restart), the death in
+        // lastState.
         {
             let mut pod = lock(&self.pods[index]);
+            let waiting = if kind == Death::RestartAll {
+                json!({"reason": RESTARTING_ALL, "message": RESTARTING_ALL_MESSAGE})
+            } else {
+                json!({"reason": "CrashLoopBackOff",
+                       "message": format!("back-off 10s restarting failed container=api pod={}_{NS}", pod.name)})
+            };
             let status = json!({
                 "name": "api", "ready": false, "started": false, "restartCount": pod.restarts,
                 "image": IMAGE, "imageID": format!("docker.io/{IMAGE}@sha256:0b5f"),
-                "state": {"waiting": {"reason": "CrashLoopBackOff",
-                          "message": format!("back-off 10s restarting failed container=api pod={}_{NS}", pod.name)}},
+                "state": {"waiting": waiting},
                 "lastState": death
             });
             self.write(&mut pod, status, false)?;
@@ -981,9 +1113,13 @@ impl Kubelet {
             pod.instance = format!("containerd://{}-{}", pod.name, pod.instances);
             pod.started_at = ts(self.node_now());
             pod.last = Some(death);
+            pod.restarting_all = false;
             let status = self.running_status(&pod, false);
             self.write(&mut pod, status, false)?;
             self.injected_restarts.fetch_add(1, Ordering::Relaxed);
+            *lock(&self.injected_by_reason)
+                .entry(kind.counted_reason())
+                .or_default() += 1;
         }
         tokio::time::sleep(STEP).await;
         // 4. ready.
@@ -996,7 +1132,9 @@ impl Kubelet {
 
     /// Starts one restart every 1/`rate` s, round robin over idle pods, until `until`;
     /// returns when every started restart has reached ready.
-    async fn inject(self: Arc<Self>, rate: f64, until: Instant) {
+    /// `new_causes`: every restart path in turn ([`Death::NEW_CAUSES`]), else OOMKilled
+    /// and Error alternately.
+    async fn inject(self: Arc<Self>, rate: f64, until: Instant, new_causes: bool) {
         let mut running = JoinSet::new();
         let every = Duration::from_secs_f64(1.0 / rate);
         let mut next_at = Instant::now();
@@ -1013,11 +1151,18 @@ impl Kubelet {
             };
             lock(&self.pods[index]).busy = true;
             cursor = index + 1;
-            let oom = started.is_multiple_of(2);
+            let kind = if new_causes {
+                let turn = usize::try_from(started).unwrap_or(0) % Death::NEW_CAUSES.len();
+                Death::NEW_CAUSES[turn]
+            } else if started.is_multiple_of(2) {
+                Death::Oom
+            } else {
+                Death::Error
+            };
             started += 1;
             let kubelet = self.clone();
             running.spawn(async move {
-                if let Err(error) = kubelet.restart(index, oom).await {
+                if let Err(error) = kubelet.restart(index, kind).await {
                     eprintln!("faults: kubelet: {error:#}");
                 }
             });
@@ -1036,6 +1181,12 @@ fn pod_manifest(name: &str, labels: Value, owners: Value) -> Value {
             "containers": [{
                 "name": "api",
                 "image": IMAGE,
+                "restartPolicyRules": [
+                    {"action": "Restart",
+                     "exitCodes": {"operator": "In", "values": [RULE_RESTART_EXIT]}},
+                    {"action": "RestartAllContainers",
+                     "exitCodes": {"operator": "In", "values": [RULE_RESTART_ALL_EXIT]}}
+                ],
                 "resources": {"limits": {"memory": "48Mi", "cpu": "128m"}, "requests": {"memory": "48Mi"}}
             }]
         }
