@@ -288,6 +288,31 @@ spec:
       limits: {memory: 48Mi}
 "#;
 
+/// In-place resize (GA in 1.35): the grower waits until its memory cgroup's limit is the
+/// resized 64Mi (60 s at most), then allocates past it. Its OOM kill must be reported at the
+/// limit in force, 64Mi, not the 48Mi it was created with.
+const RESIZED_POD: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: resized
+  namespace: default
+spec:
+  containers:
+  - name: grower
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "i=0; until [ \"$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)\" = 67108864 ] || [ $i -ge 300 ]; do sleep 0.2; i=$((i+1)); done; echo limit $(cat /sys/fs/cgroup/memory/memory.limit_in_bytes); tail /dev/zero"]
+    resizePolicy:
+    - {resourceName: memory, restartPolicy: NotRequired}
+    resources:
+      requests: {memory: 48Mi}
+      limits: {memory: 48Mi}
+"#;
+
+/// The resize of `RESIZED_POD` (the `resize` subresource, a strategic merge by name).
+const RESIZE_PATCH: &str = r#"{"spec":{"containers":[{"name":"grower","resources":{"requests":{"memory":"64Mi"},"limits":{"memory":"64Mi"}}}]}}"#;
+
 /// The restart paths of a 2026 kubelet, each in a pod of its own: a liveness probe
 /// kill, a container restart rule (KEP-5307), a native sidecar OOM-killed, and
 /// RestartAllContainers (KEP-5532).
@@ -402,6 +427,86 @@ fn restart_count(cluster: &Cluster, pod: &str, container: &str) -> f64 {
 /// restart it made (restartCount) is one the daemon counted, all with the path's reason;
 /// RestartAllContainers is one incident per pod restart (the trigger's), none for the
 /// other container; and every recovery's phases add up to its time to recover.
+/// Resizes `RESIZED_POD` in place once its container runs.
+fn resize_when_running(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pod: serde_json::Value = serde_json::from_str(&cluster.kubectl(
+            &["get", "pod", "resized", "-n", "default", "-o", "json"],
+            None,
+        ))
+        .expect("pod JSON");
+        if pod["status"]["containerStatuses"][0]["state"]["running"].is_object() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the resized pod does not run: {:#}",
+            pod["status"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cluster.kubectl(
+        &[
+            "patch",
+            "pod",
+            "resized",
+            "-n",
+            "default",
+            "--subresource",
+            "resize",
+            "-p",
+            RESIZE_PATCH,
+        ],
+        None,
+    );
+}
+
+/// The resized grower's OOM kills are reported at the limit in force after the resize.
+fn check_resized_limit(cluster: &Cluster, exporter: &Exporter) {
+    const RESIZED: u64 = 64 * 1024 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, body) = exporter
+            .get("/api/v1/incidents?limit=1000")
+            .unwrap_or_default();
+        let incidents: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        let limits: Vec<Option<u64>> = incidents["incidents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|incident| incident["kind"] == "restart" && incident["pod"] == "resized")
+            .map(|incident| incident["memory_limit_bytes"].as_u64())
+            .collect();
+        if !limits.is_empty() {
+            let pod: serde_json::Value = serde_json::from_str(&cluster.kubectl(
+                &["get", "pod", "resized", "-n", "default", "-o", "json"],
+                None,
+            ))
+            .expect("pod JSON");
+            let status = &pod["status"]["containerStatuses"][0];
+            assert!(
+                limits.iter().all(|limit| *limit == Some(RESIZED)),
+                "OOM kills after the resize to 64Mi reported at {limits:?}; the container \
+                 status: {status:#}"
+            );
+            eprintln!(
+                "resized/grower: {} OOM kill(s) at the resized limit 64Mi; status resources {}",
+                limits.len(),
+                status["resources"]
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OOM kill of the resized grower reported; its pod:\n{}",
+            cluster.kubectl(&["describe", "pod", "resized", "-n", "default"], None)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn check_restart_paths(cluster: &Cluster, exporter: &Exporter) {
     for (pod, container, reason) in PATHS {
         let labels = [
@@ -558,6 +663,8 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     cluster.kubectl(&["apply", "-f", "-"], Some(OOM_POD));
     cluster.kubectl(&["apply", "-f", "-"], Some(FORKER_POD));
     cluster.kubectl(&["apply", "-f", "-"], Some(RESTART_PATHS));
+    cluster.kubectl(&["apply", "-f", "-"], Some(RESIZED_POD));
+    resize_when_running(&cluster);
 
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
@@ -627,6 +734,7 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
         std::thread::sleep(Duration::from_millis(500));
     }
     check_restart_paths(&cluster, &exporter);
+    check_resized_limit(&cluster, &exporter);
 
     // The OOM kills written back: `kubectl describe pod` shows the exporter's Event
     // (events.k8s.io/v1, from selfheal-exporter) with the cause, the container and the
