@@ -382,6 +382,10 @@ impl EventPlanner {
         if ongoing {
             if let Some(series) = self.series.get_mut(&key) {
                 series.newest = occurrence;
+                if !waits_for_recovery {
+                    // Not created yet, and this one's recovery is known: no need to wait.
+                    series.create_by = None;
+                }
             }
         } else {
             self.serial += 1;
@@ -717,6 +721,30 @@ mod tests {
                 .ends_with("; 2 times in the last hour; ready again 3.0 s after the kill"),
             "{}",
             last.note
+        );
+    }
+
+    #[test]
+    fn a_waiting_event_is_created_once_a_later_death_brings_its_recovery() {
+        let mut planner = planner(6);
+        let mut out = Vec::new();
+        // Held for the attribution wait (5 s), not recovered: waits for a recovery.
+        planner.apply(&death(1, Cause::Error, 0), t(0), &mut out);
+        planner.tick(t(5), &mut out);
+        assert!(out.is_empty(), "{out:#?}");
+        // The next death is settled with its recovery known: written at once.
+        planner.apply(&death(2, Cause::Error, 10), t(10), &mut out);
+        planner.apply(&recovered(2, 12, 2.0), t(12), &mut out);
+        planner.tick(t(15), &mut out);
+        assert_eq!(out.len(), 1, "{out:#?}");
+        assert!(out[0].create);
+        assert_eq!(out[0].count, 2);
+        assert!(
+            out[0]
+                .note
+                .ends_with("; 2 times in the last hour; ready again 2.0 s after the kill"),
+            "{}",
+            out[0].note
         );
     }
 
