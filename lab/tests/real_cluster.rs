@@ -19,238 +19,23 @@
 //! Needs root and the binaries of `lab/upstream/build.sh`; it fails (never skips) without
 //! them. It uses its own state and run dirs and tears the cluster down even when it fails.
 
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-const STATE_DIR: &str = "/var/lib/selfheal-lab/test-cluster";
-const RUN_DIR: &str = "/run/selfheal-lab-test";
+use selfheal_lab::testkit::real_cluster::{
+    HostExporter as Exporter, NODE_NAME, TestCluster as Cluster, assert_root, upstream_bin,
+};
 
-fn lab() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_selfheal-lab"))
+/// This crate's binary (the daemon's is next to it).
+fn lab() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_selfheal-lab"))
 }
 
-/// The bin dir of the upstream build cache, or a failure naming the build script.
-fn upstream_bin() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("upstream/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--check")
-        .output()
-        .expect("running lab/upstream/build.sh --check");
-    assert!(
-        out.status.success(),
-        "the upstream binaries are not built: run {} first (about 18 min cold on 2 cores)\n{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
-}
-
-/// Brings the cluster down when dropped, also when the test panics.
-struct Cluster {
-    bin: PathBuf,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    fn cluster_cmd(bin: &Path, action: &str) -> Command {
-        let mut c = lab();
-        c.args([
-            "cluster",
-            action,
-            "--state-dir",
-            STATE_DIR,
-            "--run-dir",
-            RUN_DIR,
-        ])
-        .arg("--bin-dir")
-        .arg(bin);
-        c
-    }
-
-    fn up(bin: PathBuf) -> Cluster {
-        let out = Self::cluster_cmd(&bin, "up")
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running selfheal-lab cluster up");
-        // From here on a (partly) started cluster exists: the guard owns it.
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let cluster = Cluster {
-            kubeconfig: PathBuf::from(stdout.lines().last().unwrap_or_default().trim()),
-            bin,
-        };
-        assert!(out.status.success(), "cluster up failed: {stdout}");
-        cluster
-    }
-
-    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
-        let mut child = Command::new(self.bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting kubectl");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("kubectl stdin")
-                .write_all(input.as_bytes())
-                .expect("writing to kubectl");
-        }
-        let out = child.wait_with_output().expect("kubectl output");
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The last `lines` lines of a component's log (`kubelet`, `containerd`, …), for a
-    /// failure's message.
-    fn log_tail(component: &str, lines: usize) -> String {
-        let path = Path::new(STATE_DIR)
-            .join("logs")
-            .join(format!("{component}.log"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|error| format!("{error}"));
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    fn down(&self) -> std::process::Output {
-        Self::cluster_cmd(&self.bin, "down")
-            .output()
-            .expect("running selfheal-lab cluster down")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let out = self.down();
-        if !out.status.success() {
-            eprintln!(
-                "cluster down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
-
-/// The daemon, watching the real cluster; killed when dropped.
-struct Exporter {
-    child: std::process::Child,
-    listen: SocketAddr,
-    log: PathBuf,
-}
-
-impl Exporter {
-    /// The cluster-wide exporter, or with `node` the node agent of that node.
-    fn start(kubeconfig: &Path, node: Option<&str>) -> Exporter {
-        let binary =
-            Path::new(env!("CARGO_BIN_EXE_selfheal-lab")).with_file_name("selfheal-exporter");
-        assert!(
-            binary.exists(),
-            "{} is missing: build the workspace first (cargo test --workspace builds it)",
-            binary.display()
-        );
-        let listen: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port");
-        let dir = Path::new(STATE_DIR).join(if node.is_some() {
-            "node-agent"
-        } else {
-            "exporter"
-        });
-        std::fs::create_dir_all(&dir).expect("exporter dir");
-        let config = dir.join("selfheal.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = \"{listen}\"\n[watch]\nnamespaces = [\"default\"]\n{}",
-                // The agent also names the victims from the kernel log (root here); the
-                // exporter writes its findings back as Events (kubectl describe pod).
-                if node.is_some() {
-                    "[node]\nkmsg = true\n"
-                } else {
-                    "[events]\nenabled = true\n"
-                }
-            ),
-        )
-        .expect("exporter config");
-        let log = dir.join("exporter.log");
-        let mut command = Command::new(&binary);
-        if let Some(node) = node {
-            command.arg("node").env("NODE_NAME", node);
-        }
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .env_remove("SELFHEAL_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("exporter log"))
-            .spawn()
-            .expect("starting selfheal-exporter");
-        let exporter = Exporter { child, listen, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while exporter.get("/readyz").map(|(status, _)| status) != Some(200) {
-            assert!(
-                Instant::now() < deadline,
-                "the exporter is not ready after 60 s; its log:\n{}",
-                exporter.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        exporter
-    }
-
-    /// A GET over HTTP/1.0, so the body ends with the connection (no chunking).
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect_timeout(&self.listen, Duration::from_secs(2)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_owned()))
-    }
-
-    /// The sum of the samples of `name` whose labels include every one of `labels`.
-    fn sum(&self, name: &str, labels: &[&str]) -> f64 {
-        let (_, body) = self.get("/metrics").unwrap_or_default();
-        body.lines()
-            .filter(|line| {
-                line.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-            })
-            .filter(|line| labels.iter().all(|label| line.contains(label)))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Exporter {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// The cluster-wide exporter's config: the test's namespace, findings written back as
+/// Events (`kubectl describe pod`).
+const EXPORTER_CONFIG: &str = "[watch]\nnamespaces = [\"default\"]\n[events]\nenabled = true\n";
+/// The node agent's: it also names the victims from the kernel log (root here).
+const AGENT_CONFIG: &str = "[watch]\nnamespaces = [\"default\"]\n[node]\nkmsg = true\n";
 
 const OOM_POD: &str = r#"
 apiVersion: v1
@@ -642,23 +427,26 @@ fn pod_status(cluster: &Cluster, name: &str) -> serde_json::Value {
 
 #[test]
 fn real_kubelet_reports_a_kernel_oom_kill() {
-    // SAFETY: geteuid(2) has no preconditions.
-    #[allow(unsafe_code)]
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "the real cluster needs root (cgroups, mounts, bridge)"
-    );
+    assert_root();
     let bin = upstream_bin();
     let forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
         .expect("reading ip_forward")
         .trim()
         .to_string();
-    let cluster = Cluster::up(bin);
-    let exporter = Exporter::start(&cluster.kubeconfig, None);
+    let cluster = Cluster::up(lab(), bin);
+    let exporter = Exporter::start(
+        lab(),
+        cluster.kubeconfig(),
+        "exporter",
+        None,
+        EXPORTER_CONFIG,
+    );
     let agent = Exporter::start(
-        &cluster.kubeconfig,
-        Some(selfheal_lab::cluster::layout::NODE_NAME),
+        lab(),
+        cluster.kubeconfig(),
+        "node-agent",
+        Some(NODE_NAME),
+        AGENT_CONFIG,
     );
     cluster.kubectl(&["apply", "-f", "-"], Some(OOM_POD));
     cluster.kubectl(&["apply", "-f", "-"], Some(FORKER_POD));
@@ -827,22 +615,5 @@ fn real_kubelet_reports_a_kernel_oom_kill() {
     drop(agent);
 
     // Tear down explicitly to check it works; the guard's second down is then a no-op.
-    let out = cluster.down();
-    assert!(
-        out.status.success(),
-        "cluster down: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(!report.contains("LEFT BEHIND"), "{report}");
-    assert!(
-        !std::fs::read_to_string("/proc/self/mountinfo")
-            .expect("mountinfo")
-            .contains(STATE_DIR),
-        "mounts left under {STATE_DIR}"
-    );
-    assert!(
-        !Path::new("/sys/fs/cgroup/memory/kubepods").exists(),
-        "kubepods cgroup left"
-    );
+    cluster.down_and_check();
 }

@@ -6,7 +6,8 @@
 //! without the caller's `SELFHEAL_*` variables, and a wrapper that waits for `/readyz`,
 //! signals it and stops it ([`daemon`]), and what a test needs from the machine: a
 //! missing tool fails the test with the command that installs it, unless skipping was
-//! asked for ([`tools`]). The root crate's tests use the parser, the command line and
+//! asked for ([`tools`]); and the real cluster of the `real_*` tests with the daemon
+//! on the host beside it ([`real_cluster`]). The root crate's tests use the parser, the command line and
 //! the tools too. One copy here instead of one per bench; public, so that each bench
 //! uses only what it needs without dead-code warnings (a file pulled into every bench
 //! with `mod` would warn for whatever one bench leaves unused).
@@ -15,4 +16,5 @@ pub mod daemon;
 pub mod exposition;
 pub mod fleet;
 pub mod procfs;
+pub mod real_cluster;
 pub mod tools;
