@@ -64,7 +64,13 @@ struct ClusterArgs {
 #[derive(Subcommand)]
 enum ClusterAction {
     /// Start everything (cleaning a stale earlier run first); returns once the node is Ready.
-    Up,
+    Up {
+        /// The selfheal-exporter binary packed as the exporter's image
+        /// (`selfheal-exporter:<version>`, what deploy/ runs) [default: the one next to
+        /// this program, if there is one; without it no exporter image is imported].
+        #[arg(long)]
+        exporter_binary: Option<PathBuf>,
+    },
     /// Stop everything and remove the cluster's state, mounts, cgroups, bridge; restore sysctls.
     Down,
     /// Say which components run and whether the node is Ready.
@@ -75,14 +81,29 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
     use selfheal_lab::cluster;
     let bin = match (&args.bin_dir, &args.action) {
         (Some(b), _) => b.clone(),
-        (None, ClusterAction::Up) => cluster::build_upstream()?,
+        (None, ClusterAction::Up { .. }) => cluster::build_upstream()?,
         (None, _) => cluster::recorded_bin_dir(&args.run_dir).unwrap_or_default(),
     };
     let layout = cluster::Layout::new(&args.state_dir, &args.run_dir, bin);
     match args.action {
-        ClusterAction::Up => {
+        ClusterAction::Up { exporter_binary } => {
             let exe = std::env::current_exe().context("locating this program")?;
-            let report = cluster::up(&layout, &exe).context(
+            let exporter = match exporter_binary {
+                Some(path) if path.is_file() => Some(path),
+                Some(path) => {
+                    eprintln!("error: --exporter-binary {}: no such file", path.display());
+                    std::process::exit(2);
+                }
+                None => Some(exe.with_file_name("selfheal-exporter")).filter(|p| p.is_file()),
+            };
+            if exporter.is_none() {
+                eprintln!(
+                    "cluster: no selfheal-exporter next to {}: no exporter image imported \
+                     (build the workspace or pass --exporter-binary)",
+                    exe.display()
+                );
+            }
+            let report = cluster::up(&layout, &exe, exporter.as_deref()).context(
                 "cluster up failed; what started is still running for inspection \
                  (logs in the state dir's logs/): `selfheal-lab cluster down` removes it",
             )?;

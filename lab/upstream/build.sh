@@ -35,7 +35,7 @@ out="$cache_root/$key"
 bin="$out/bin"
 stamp="$out/STAMP"
 
-binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy
   etcd containerd containerd-shim-runc-v2 ctr)
 
 complete() {
@@ -61,7 +61,7 @@ mkdir -p "$tmp/bin"
 
 # Kubernetes: ldflags as upstream's hack/lib/version.sh (client-go and component-base version
 # variables) and hack/lib/golang.sh (-trimpath, -s -w, tags selinux,notest,grpcnotrace).
-# All five binaries in one `go build` so they share one compile.
+# All six binaries in one `go build` so they share one compile.
 major=${k8s_v#v}; major=${major%%.*}
 minor=${k8s_v#v*.}; minor=${minor%%.*}
 build_date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -75,7 +75,7 @@ go -C "$here/kubernetes" build -trimpath -tags selinux,notest,grpcnotrace \
   -ldflags "-s -w $kl" -o "$tmp/bin/" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
-  k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
 
 # etcd: the server module's root package is its main; its version is a constant of api/v3.
 log "building etcd $etcd_v"

@@ -32,6 +32,18 @@ impl Prometheus {
         rules: Option<&str>,
         alertmanager_port: Option<u16>,
     ) -> Prometheus {
+        let target = format!("127.0.0.1:{scrape_port}");
+        Prometheus::start_scraping(binary, &target, rules, alertmanager_port).await
+    }
+
+    /// [`start_alerting`](Self::start_alerting) with any scrape target (`host:port`, e.g.
+    /// a pod's IP on the real cluster's bridge).
+    pub async fn start_scraping(
+        binary: &Path,
+        target: &str,
+        rules: Option<&str>,
+        alertmanager_port: Option<u16>,
+    ) -> Prometheus {
         let dir = tempfile::tempdir().expect("tempdir");
         let alerting = match alertmanager_port {
             Some(port) => format!(
@@ -49,7 +61,7 @@ impl Prometheus {
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n{rule_files}{alerting}\
              scrape_configs:\n  - job_name: selfheal-exporter\n    honor_labels: true\n    \
-             static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"
+             static_configs:\n      - targets: ['{target}']\n"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("config written");
         let port = free_port();

@@ -1,7 +1,8 @@
 //! Tearing the cluster down, also after a crash: stop the kubelet, kill what runs in the
 //! `kubepods` cgroups and our containerd shims (found by PID), stop the other components by
-//! their PID files, unmount everything under our directories, remove the `kubepods`
-//! cgroups, the bridge and containerd's state, and restore the recorded host settings.
+//! their PID files, remove the kubelet's and kube-proxy's iptables chains, unmount everything under our
+//! directories, remove the `kubepods` cgroups, the bridge and containerd's state, and
+//! restore the recorded host settings.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -201,6 +202,104 @@ fn remove_shim_socket_dir(report: &mut Report) {
     }
 }
 
+/// The iptables programs of both families: the kubelet writes its chains into both.
+const IPTABLES: &[&str] = &["iptables", "ip6tables"];
+/// The tables the kubelet and kube-proxy write.
+const TABLES: &[&str] = &["nat", "filter", "mangle"];
+
+/// Splits one line of `iptables -S` into its arguments (double quotes group words, as in
+/// `--comment "kubernetes service portals"`).
+fn split_rule(rule: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in rule.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    words.push(std::mem::take(&mut word));
+                    any = false;
+                }
+            }
+            c => {
+                word.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        words.push(word);
+    }
+    words
+}
+
+/// The rules of one table (`iptables -S`), empty if the program or table is missing.
+fn rules(program: &str, table: &str) -> Vec<String> {
+    exec::run(program, ["-w", "5", "-t", table, "-S"])
+        .map(|out| out.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The `KUBE-` chains of one table.
+fn kube_chains(rules: &[String]) -> Vec<String> {
+    rules
+        .iter()
+        .filter_map(|rule| rule.strip_prefix("-N "))
+        .filter(|chain| chain.starts_with("KUBE-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes the `KUBE-` chains the kubelet (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+/// KUBE-IPTABLES-HINT, in both families) and kube-proxy (its Service chains) wrote, once
+/// both are stopped: first the jumps to them from the built-in chains, then their rules,
+/// then the chains. Neither removes its own on exit. A chain still there is a leftover.
+/// `up` refuses to start beside another cluster, so every `KUBE-` chain here is ours.
+fn remove_kube_chains(report: &mut Report) {
+    for program in IPTABLES {
+        for table in TABLES {
+            let all = rules(program, table);
+            let chains = kube_chains(&all);
+            if chains.is_empty() {
+                continue;
+            }
+            for rule in &all {
+                let words = split_rule(rule);
+                let jumps_to_ours = words
+                    .windows(2)
+                    .any(|w| w[0] == "-j" && w[1].starts_with("KUBE-"));
+                if words.first().map(String::as_str) == Some("-A")
+                    && words
+                        .get(1)
+                        .is_some_and(|chain| !chain.starts_with("KUBE-"))
+                    && jumps_to_ours
+                {
+                    let mut delete = vec!["-w".to_owned(), "5".into(), "-t".into()];
+                    delete.push((*table).to_owned());
+                    delete.push("-D".into());
+                    delete.extend(words.into_iter().skip(1));
+                    let _ = exec::run(program, &delete);
+                }
+            }
+            for action in ["-F", "-X"] {
+                for chain in &chains {
+                    let _ = exec::run(program, ["-w", "5", "-t", table, action, chain]);
+                }
+            }
+            for chain in kube_chains(&rules(program, table)) {
+                report
+                    .leftovers
+                    .push(format!("{program} -t {table} chain {chain}"));
+            }
+        }
+    }
+}
+
 /// Stops and removes everything the cluster made (idempotent; safe after a crash).
 pub fn teardown(layout: &Layout) -> Result<Report> {
     let mut report = Report::default();
@@ -217,6 +316,7 @@ pub fn teardown(layout: &Layout) -> Result<Report> {
     }
     // Shims that outlived containerd.
     report.killed += kill_workloads(layout);
+    remove_kube_chains(&mut report);
     unmount_all(layout, &mut report)?;
     remove_cgroups(&mut report);
     cni::teardown()?;
@@ -231,4 +331,41 @@ pub fn teardown(layout: &Layout) -> Result<Report> {
     clear_dir(&layout.state, &["logs"])?;
     clear_dir(&layout.run, &[])?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kube_chains, split_rule};
+
+    #[test]
+    fn a_rule_with_a_quoted_comment_splits_into_its_arguments() {
+        let rule =
+            r#"-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES"#;
+        assert_eq!(
+            split_rule(rule),
+            [
+                "-A",
+                "PREROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes service portals",
+                "-j",
+                "KUBE-SERVICES"
+            ]
+        );
+        assert_eq!(split_rule(r#"--comment """#), ["--comment", ""]);
+    }
+
+    #[test]
+    fn only_kube_chains_are_ours() {
+        let rules = [
+            "-P INPUT ACCEPT",
+            "-N KUBE-FIREWALL",
+            "-N DOCKER",
+            "-N KUBE-SVC-X",
+        ]
+        .map(str::to_owned);
+        assert_eq!(kube_chains(&rules), ["KUBE-FIREWALL", "KUBE-SVC-X"]);
+    }
 }

@@ -1,13 +1,15 @@
 //! The pod network: a Linux bridge `selfheal0` with the node IP, and a CNI conflist for
 //! Debian's `bridge` + `host-local` plugins on a subnet nothing routes. `ipMasq` is off,
 //! `isGateway` is off (the plugin would otherwise switch on the host's IP forwarding) and
-//! pods get no routes beyond their own subnet, so a pod reaches other pods and the host
-//! and nothing can leave the machine.
+//! pods get one route beyond their own subnet: the Service subnet through the node IP,
+//! where kube-proxy's rules map the `kubernetes` Service to the API server on this host.
+//! No default route: a pod reaches other pods, the host and the API server, and nothing
+//! can leave the machine.
 
 use super::error::Result;
 use super::exec;
 use super::layout::Layout;
-use super::pki::{self, NODE_IP};
+use super::pki::{self, NODE_IP, SERVICE_CIDR};
 
 /// The bridge's name.
 pub const BRIDGE: &str = "selfheal0";
@@ -43,7 +45,7 @@ pub fn setup(layout: &Layout) -> Result<()> {
       "ipam": {{
         "type": "host-local",
         "ranges": [[{{"subnet": "{POD_CIDR}", "rangeStart": "10.88.0.10", "rangeEnd": "10.88.0.250"}}]],
-        "routes": [],
+        "routes": [{{"dst": "{SERVICE_CIDR}", "gw": "{NODE_IP}"}}],
         "dataDir": "{ipam}"
       }}
     }}

@@ -1,6 +1,8 @@
-//! The command lines of the six daemons (flags after upstream's hack/local-up-cluster.sh,
-//! adapted: everything on 127.0.0.1 except the kubelet, which serves on the node IP on the
-//! pod bridge), and the readiness check of each.
+//! The command lines of the seven daemons (flags after upstream's hack/local-up-cluster.sh,
+//! adapted: etcd and the controllers' own ports on 127.0.0.1; the API server and the
+//! kubelet on the node IP of the pod bridge, where pods reach the API server through the
+//! `kubernetes` Service, which the real kube-proxy maps to it), and the readiness check of
+//! each.
 
 use std::ffi::OsString;
 use std::time::{Duration, Instant};
@@ -8,11 +10,15 @@ use std::time::{Duration, Instant};
 use super::error::{ClusterError, Result};
 use super::exec;
 use super::layout::{Layout, NODE_NAME};
-use super::pki::{NODE_IP, Pki, SERVICE_CIDR};
+use super::pki::{KUBERNETES_SERVICE_IP, NODE_IP, Pki, SERVICE_CIDR};
 use super::processes::{self, Spec};
 
+/// The API server's address: the node IP on our bridge, which only this host and its pods
+/// reach (nothing routes the pod subnet). Pods need it there: the `kubernetes` Service's
+/// endpoint is the advertise address, and kube-proxy maps 10.96.0.1:443 to it.
+pub const API_ADDR: &str = "10.88.0.1:6443";
 /// The API server's URL.
-pub const API_URL: &str = "https://127.0.0.1:6443";
+pub const API_URL: &str = "https://10.88.0.1:6443";
 
 fn args<I: IntoIterator<Item = String>>(v: I) -> Vec<OsString> {
     v.into_iter().map(OsString::from).collect()
@@ -45,7 +51,7 @@ pub fn apiserver(layout: &Layout, pki: &Pki) -> Spec {
         program: layout.binary("kube-apiserver"),
         args: args([
             "--etcd-servers=http://127.0.0.1:2379".into(),
-            "--bind-address=127.0.0.1".into(),
+            format!("--bind-address={NODE_IP}"),
             "--secure-port=6443".into(),
             // Endpoints of the `kubernetes` Service may not be loopback.
             format!("--advertise-address={NODE_IP}"),
@@ -115,6 +121,19 @@ pub fn scheduler(layout: &Layout) -> Spec {
             "--bind-address=127.0.0.1".into(),
         ]),
         env: vec![],
+    }
+}
+
+/// kube-proxy in iptables mode (config in `kube-proxy.yaml`, see [`super::config`]).
+pub fn kube_proxy(layout: &Layout) -> Spec {
+    Spec {
+        name: "kube-proxy",
+        program: layout.binary("kube-proxy"),
+        args: args([format!(
+            "--config={}",
+            layout.config_dir().join("kube-proxy.yaml").display()
+        )]),
+        env: vec![("PATH".into(), path_with_bin(layout))],
     }
 }
 
@@ -206,6 +225,12 @@ pub fn tcp_open(addr: &str) -> bool {
     addr.parse().ok().is_some_and(|a| {
         std::net::TcpStream::connect_timeout(&a, Duration::from_millis(300)).is_ok()
     })
+}
+
+/// True once kube-proxy's `KUBE-SERVICES` nat chain maps the `kubernetes` Service.
+pub fn kubernetes_service_mapped() -> bool {
+    exec::run("iptables", ["-w", "5", "-t", "nat", "-S", "KUBE-SERVICES"])
+        .is_ok_and(|rules| rules.contains(&format!("-d {KUBERNETES_SERVICE_IP}/32")))
 }
 
 /// The node's Ready condition status (`True`, `False`, `Unknown`), if it is registered.

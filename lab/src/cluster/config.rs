@@ -1,5 +1,6 @@
-//! The configuration files of containerd (config version 3) and the kubelet
-//! (KubeletConfiguration v1beta1), rendered from the [`Layout`].
+//! The configuration files of containerd (config version 3), the kubelet
+//! (KubeletConfiguration v1beta1) and kube-proxy (KubeProxyConfiguration v1alpha1),
+//! rendered from the [`Layout`].
 
 use super::images::PAUSE_IMAGE;
 use super::layout::Layout;
@@ -92,5 +93,42 @@ podLogsDir: {pod_logs}
         sock = layout.containerd_socket().display(),
         ca = pki.ca_cert().display(),
         pod_logs = layout.state.join("pod-logs").display(),
+    )
+}
+
+/// kube-proxy's config: iptables mode, NodePorts only on the node IP (never on the host's
+/// other interfaces, never on 127.0.0.1, which would need `route_localnet`), its health
+/// and metrics ports on loopback, and every conntrack setting 0 so that it changes no
+/// sysctl of the host (0 means "leave as is"). Its masquerade rule rewrites only the
+/// source of Service traffic that it marked, all of which stays on this host: with IP
+/// forwarding off nothing is routed off the machine.
+pub fn kube_proxy_yaml(layout: &Layout) -> String {
+    format!(
+        r#"apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection:
+  kubeconfig: {kubeconfig}
+hostnameOverride: {node}
+mode: iptables
+clusterCIDR: {pod_cidr}
+detectLocalMode: ClusterCIDR
+nodePortAddresses: ["{node_ip}/32"]
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+iptables:
+  localhostNodePorts: false
+  masqueradeAll: false
+  syncPeriod: 30s
+  minSyncPeriod: 0s
+conntrack:
+  maxPerCore: 0
+  min: 0
+  tcpEstablishedTimeout: 0s
+  tcpCloseWaitTimeout: 0s
+"#,
+        kubeconfig = layout.kubeconfig("kube-proxy").display(),
+        node = super::layout::NODE_NAME,
+        pod_cidr = super::cni::POD_CIDR,
+        node_ip = super::pki::NODE_IP,
     )
 }

@@ -1,8 +1,9 @@
 //! The cluster's images, built here as OCI archives (a hand-written OCI layout: one
 //! uncompressed layer, a config, a manifest, an index) and imported into containerd's
 //! `k8s.io` namespace with `ctr images import`: our own static pause, Debian's
-//! busybox-static as `selfheal-lab/busybox:1`, and the grade API (this very binary with its
-//! shared libraries) under the experiment's image name.
+//! busybox-static as `selfheal-lab/busybox:1`, the grade API (this very binary with its
+//! shared libraries) under the experiment's image name, and the exporter's image from a
+//! selfheal-exporter binary under the name `deploy/` uses.
 
 use std::path::{Path, PathBuf};
 
@@ -220,20 +221,13 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// The grade API: `lab_binary grade-api` listening on 0.0.0.0:3000, with its libraries.
-pub fn grade_api_spec(lab_binary: &Path) -> Result<ImageSpec> {
-    let data = std::fs::read(lab_binary).map_err(ClusterError::io("reading", lab_binary))?;
-    let mut entries = vec![
-        Entry::File {
-            path: "selfheal-lab".into(),
-            mode: 0o755,
-            data,
-        },
-        Entry::Dir("tmp".into()),
-    ];
+/// A dynamically linked `binary` at `path` in the image, with the shared libraries `ldd`
+/// resolves for it at their absolute paths (the loader included) and their directories.
+fn binary_with_libraries(binary: &Path, path: &str) -> Result<Vec<Entry>> {
+    let data = std::fs::read(binary).map_err(ClusterError::io("reading", binary))?;
+    let mut entries = Vec::new();
     let mut dirs: Vec<String> = Vec::new();
-    for lib in shared_libraries(lab_binary)? {
-        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+    let mut add_parents = |rel: &str, entries: &mut Vec<Entry>| {
         let mut acc = String::new();
         if let Some((parent, _)) = rel.rsplit_once('/') {
             for part in parent.split('/') {
@@ -247,6 +241,16 @@ pub fn grade_api_spec(lab_binary: &Path) -> Result<ImageSpec> {
                 }
             }
         }
+    };
+    add_parents(path, &mut entries);
+    entries.push(Entry::File {
+        path: path.into(),
+        mode: 0o755,
+        data,
+    });
+    for lib in shared_libraries(binary)? {
+        let rel = lib.to_string_lossy().trim_start_matches('/').to_string();
+        add_parents(&rel, &mut entries);
         let bytes = std::fs::read(&lib).map_err(ClusterError::io("reading", &lib))?;
         entries.push(Entry::File {
             path: rel,
@@ -254,17 +258,48 @@ pub fn grade_api_spec(lab_binary: &Path) -> Result<ImageSpec> {
             data: bytes,
         });
     }
+    Ok(entries)
+}
+
+/// Where Debian keeps the libraries [`binary_with_libraries`] copies.
+const LIBRARY_PATH: &str = "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu";
+
+/// The grade API: `lab_binary grade-api` listening on 0.0.0.0:3000, with its libraries.
+pub fn grade_api_spec(lab_binary: &Path) -> Result<ImageSpec> {
+    let mut entries = binary_with_libraries(lab_binary, "selfheal-lab")?;
+    entries.push(Entry::Dir("tmp".into()));
     Ok(ImageSpec {
         name: GRADE_API_IMAGE.into(),
         entrypoint: vec!["/selfheal-lab".into(), "grade-api".into()],
         cmd: vec![],
-        env: vec![
-            "GRADE_API_LISTEN=0.0.0.0:3000".into(),
-            "LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu".into(),
-        ],
+        env: vec!["GRADE_API_LISTEN=0.0.0.0:3000".into(), LIBRARY_PATH.into()],
         user: None,
         entries,
     })
+}
+
+/// The exporter's image under the name `deploy/` uses (`selfheal-exporter:<version>`, the
+/// kustomize base's `images:` and the chart's default), as the repository's Dockerfile
+/// builds it: the binary at /usr/local/bin/selfheal-exporter, its runtime libraries,
+/// user 65532:65532 (distroless' nonroot), the binary as entrypoint. So `kubectl apply
+/// -k deploy/kustomize/base` runs it unchanged.
+pub fn exporter_spec(exporter_binary: &Path) -> Result<ImageSpec> {
+    Ok(ImageSpec {
+        name: exporter_image(),
+        entrypoint: vec!["/usr/local/bin/selfheal-exporter".into()],
+        cmd: vec![],
+        env: vec![LIBRARY_PATH.into()],
+        user: Some("65532:65532".into()),
+        entries: binary_with_libraries(exporter_binary, "usr/local/bin/selfheal-exporter")?,
+    })
+}
+
+/// `docker.io/library/selfheal-exporter:<this crate's version>`, the workspace's version.
+pub fn exporter_image() -> String {
+    format!(
+        "docker.io/library/selfheal-exporter:{}",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Writes `spec`'s archive under the images dir and imports it into containerd.
@@ -296,15 +331,23 @@ pub fn import(layout: &Layout, spec: &ImageSpec) -> Result<()> {
     Ok(())
 }
 
-/// Builds and imports every image; `lab_binary` is this program (for the grade API).
-pub fn import_all(layout: &Layout, lab_binary: &Path) -> Result<Vec<String>> {
+/// Builds and imports every image; `lab_binary` is this program (for the grade API),
+/// `exporter_binary` the daemon (for its image), if there is one.
+pub fn import_all(
+    layout: &Layout,
+    lab_binary: &Path,
+    exporter_binary: Option<&Path>,
+) -> Result<Vec<String>> {
     let work = layout.images_dir();
     std::fs::create_dir_all(&work).map_err(ClusterError::io("creating", &work))?;
-    let specs = [
+    let mut specs = vec![
         pause_spec(&work)?,
         busybox_spec()?,
         grade_api_spec(lab_binary)?,
     ];
+    if let Some(binary) = exporter_binary {
+        specs.push(exporter_spec(binary)?);
+    }
     let mut names = Vec::new();
     for spec in &specs {
         import(layout, spec)?;

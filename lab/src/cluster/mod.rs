@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ClusterError, Result};
 pub use layout::Layout;
 
-use components::{API_URL, kubectl, tcp_open, wait_for};
+use components::{API_ADDR, API_URL, kubectl, tcp_open, wait_for};
 use pki::{CLIENTS, Pki};
 
 /// The upstream build script, from this crate's checkout.
@@ -44,6 +44,7 @@ pub const BINARIES: &[&str] = &[
     "kube-scheduler",
     "kubelet",
     "kubectl",
+    "kube-proxy",
     "containerd",
     "containerd-shim-runc-v2",
     "ctr",
@@ -103,8 +104,9 @@ pub struct UpReport {
 }
 
 /// Brings the cluster up and returns once the node is Ready. `lab_binary` is this program,
-/// packed as the grade API's image.
-pub fn up(layout: &Layout, lab_binary: &Path) -> Result<UpReport> {
+/// packed as the grade API's image; `exporter_binary`, if given, is packed as the
+/// exporter's image (see [`images::exporter_spec`]).
+pub fn up(layout: &Layout, lab_binary: &Path, exporter_binary: Option<&Path>) -> Result<UpReport> {
     require_root()?;
     check_layout(layout)?;
     let missing: Vec<&str> = BINARIES
@@ -121,11 +123,11 @@ pub fn up(layout: &Layout, lab_binary: &Path) -> Result<UpReport> {
     }
     // Ports and the bridge are fixed: a cluster of another state dir must not be torn down.
     // A process of ours that was just killed may hold its port a moment longer (its other
-    // threads still exiting), so a busy port must stay busy for 10 s to count.
-    for (component, addr) in [
-        ("kube-apiserver", "127.0.0.1:6443"),
-        ("etcd", "127.0.0.1:2379"),
-    ] {
+    // threads still exiting), so a busy port must stay busy for 10 s to count. The API
+    // server's address is the node IP on our bridge: without the bridge no cluster can
+    // listen there, and a connection to it would leave the machine (never try one).
+    let api_server = cni::bridge_exists().then_some(("kube-apiserver", API_ADDR));
+    for (component, addr) in api_server.into_iter().chain([("etcd", "127.0.0.1:2379")]) {
         let foreign = || processes::running(layout, component).is_none() && tcp_open(addr);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while foreign() {
@@ -144,7 +146,7 @@ pub fn up(layout: &Layout, lab_binary: &Path) -> Result<UpReport> {
     let bin_record = recorded_bin_path(&layout.run);
     std::fs::write(&bin_record, layout.bin.as_os_str().as_encoded_bytes())
         .map_err(ClusterError::io("writing", &bin_record))?;
-    let images = start_all(layout, lab_binary)?;
+    let images = start_all(layout, lab_binary, exporter_binary)?;
     Ok(UpReport {
         admin_kubeconfig: layout.admin_kubeconfig(),
         images,
@@ -163,7 +165,11 @@ pub fn recorded_bin_dir(run: &Path) -> Option<PathBuf> {
     (!t.is_empty()).then(|| PathBuf::from(t))
 }
 
-fn start_all(layout: &Layout, lab_binary: &Path) -> Result<Vec<String>> {
+fn start_all(
+    layout: &Layout,
+    lab_binary: &Path,
+    exporter_binary: Option<&Path>,
+) -> Result<Vec<String>> {
     for d in [&layout.state, &layout.run, &layout.config_dir()] {
         std::fs::create_dir_all(d).map_err(ClusterError::io("creating", d))?;
     }
@@ -183,6 +189,10 @@ fn start_all(layout: &Layout, lab_binary: &Path) -> Result<Vec<String>> {
     pki::write(
         &layout.config_dir().join("kubelet.yaml"),
         &config::kubelet_yaml(layout, &pki, pki::NODE_IP),
+    )?;
+    pki::write(
+        &layout.config_dir().join("kube-proxy.yaml"),
+        &config::kube_proxy_yaml(layout),
     )?;
     cni::setup(layout)?;
 
@@ -225,11 +235,21 @@ fn start_all(layout: &Layout, lab_binary: &Path) -> Result<Vec<String>> {
     wait_for(layout, "containerd", "containerd's socket", 60, || {
         std::os::unix::net::UnixStream::connect(layout.containerd_socket()).is_ok()
     })?;
-    let images = images::import_all(layout, lab_binary)?;
+    let images = images::import_all(layout, lab_binary, exporter_binary)?;
     processes::start(layout, &components::kubelet(layout))?;
     wait_for(layout, "kubelet", "node lab-node Ready", 180, || {
         components::node_ready(layout).as_deref() == Some("True")
     })?;
+    // Pods reach the API server through the `kubernetes` Service once kube-proxy has
+    // written its rule.
+    processes::start(layout, &components::kube_proxy(layout))?;
+    wait_for(
+        layout,
+        "kube-proxy",
+        "kube-proxy's rule for the kubernetes Service",
+        60,
+        components::kubernetes_service_mapped,
+    )?;
     // Pods are refused until the controller-manager made the default ServiceAccount.
     wait_for(
         layout,
@@ -281,7 +301,8 @@ pub fn status(layout: &Layout) -> Status {
     let api_up = components
         .iter()
         .any(|c| c.name == "kube-apiserver" && c.pid.is_some());
-    let node_ready = if api_up && layout.binary("kubectl").is_file() {
+    // Without the bridge the node IP is not this host's: never ask it.
+    let node_ready = if api_up && cni::bridge_exists() && layout.binary("kubectl").is_file() {
         components::node_ready(layout)
     } else {
         None

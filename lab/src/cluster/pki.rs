@@ -11,7 +11,7 @@ use super::exec;
 pub const NODE_IP: &str = "10.88.0.1";
 /// First address of the service range: the `kubernetes` Service.
 pub const SERVICE_CIDR: &str = "10.96.0.0/24";
-const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 
 /// One client identity: the certificate's CN and optional O (group).
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +44,12 @@ pub const CLIENTS: &[Identity] = &[
         // Must be system:node:<node name> for the Node authorizer and NodeRestriction.
         common_name: "system:node:lab-node",
         organization: Some("system:nodes"),
+    },
+    // Bound to the system:node-proxier ClusterRole by the default RBAC policy.
+    Identity {
+        name: "kube-proxy",
+        common_name: "system:kube-proxy",
+        organization: None,
     },
     Identity {
         name: "apiserver-kubelet-client",

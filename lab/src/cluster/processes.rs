@@ -20,6 +20,7 @@ pub const COMPONENTS: &[&str] = &[
     "kube-scheduler",
     "containerd",
     "kubelet",
+    "kube-proxy",
 ];
 
 /// How to start one component.
