@@ -14,6 +14,11 @@
 //!   (`deploy/rules/selfheal-rules.yaml`, unchanged), fires `SelfhealRepeatedOOMKills`
 //!   at the third real kernel OOM kill.
 //!
+//! Then the Helm chart, leader-elected with two replicas, in a restricted namespace of its
+//! own: one Lease holder exports, the standby is ready with no workload series, and
+//! deleting the holder's pod hands the Lease over (SIGTERM releases it); the new leader
+//! counts the restarts of a pod created after it took over.
+//!
 //! Needs root, the upstream binaries (`lab/upstream/build.sh`) and the workspace's
 //! binaries (`cargo test --workspace` builds `selfheal-lab` beside this crate's).
 
@@ -30,7 +35,7 @@ use common::{read, repo};
 use selfheal_lab::testkit::real_cluster::{
     TestCluster, assert_root, get, sum_samples, upstream_bin,
 };
-use selfheal_lab::testkit::tools::PROMETHEUS;
+use selfheal_lab::testkit::tools::{HELM, PROMETHEUS};
 
 const NAMESPACE: &str = "selfheal-system";
 const SERVICE_ACCOUNT: &str = "system:serviceaccount:selfheal-system:selfheal-exporter";
@@ -77,6 +82,19 @@ spec:
       limits: {memory: 48Mi}
 "#;
 
+/// A crashing pod created after the Lease changed hands.
+const AFTER_HANDOVER: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: after-handover, namespace: workloads}
+spec:
+  containers:
+  - name: after
+    image: selfheal-lab/busybox:1
+    imagePullPolicy: Never
+    command: ["sh", "-c", "sleep 2; exit 3"]
+"#;
+
 /// A pod the restricted profile refuses (privileged).
 const PRIVILEGED_POD: &str = r#"
 apiVersion: v1
@@ -116,7 +134,7 @@ fn restart_count(cluster: &TestCluster, pod: &str) -> f64 {
 }
 
 #[test]
-fn the_kustomize_base_runs_in_the_real_cluster_under_restricted_pod_security() {
+fn kustomize_and_helm_installs_run_in_the_real_cluster_under_restricted_pod_security() {
     assert_root();
     let prometheus_binary = PROMETHEUS
         .require_path("Prometheus scraping the in-cluster exporter")
@@ -345,5 +363,190 @@ fn the_kustomize_base_runs_in_the_real_cluster_under_restricted_pod_security() {
         "{firing:#}"
     );
     drop(prometheus);
+
+    check_helm_leader_election(&cluster);
     cluster.down_and_check();
+}
+
+/// The pods of a label selector in a namespace, as JSON objects.
+fn pods(cluster: &TestCluster, namespace: &str, selector: &str) -> Vec<Value> {
+    let list: Value = serde_json::from_str(&cluster.kubectl(
+        &["get", "pods", "-n", namespace, "-l", selector, "-o", "json"],
+        None,
+    ))
+    .expect("pods JSON");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The metrics address of a running pod, if it has an IP.
+fn metrics_addr(pod: &Value) -> Option<SocketAddr> {
+    format!("{}:9964", pod["status"]["podIP"].as_str()?)
+        .parse()
+        .ok()
+}
+
+/// The Helm chart, leader-elected (two replicas), installed into a restricted namespace
+/// of its own: exactly the Lease holder exports workload series, the standby is ready
+/// with none, and deleting the holder's pod hands the Lease to the standby, which then
+/// counts a restart of the crasher.
+fn check_helm_leader_election(cluster: &TestCluster) {
+    const HA: &str = "selfheal-ha";
+    const LEASE: &str = "ha-selfheal-exporter-prober";
+    let helm = HELM
+        .require_path("installing the chart on the real cluster")
+        .expect("helm");
+    // The kustomize install goes first: one exporter at a time, and its ClusterRole's name.
+    cluster.kubectl(
+        &[
+            "delete",
+            "-k",
+            &repo("deploy/kustomize/base").to_string_lossy(),
+            "--wait=false",
+        ],
+        None,
+    );
+    cluster.kubectl(&["create", "namespace", HA], None);
+    cluster.kubectl(
+        &[
+            "label",
+            "namespace",
+            HA,
+            "pod-security.kubernetes.io/enforce=restricted",
+        ],
+        None,
+    );
+    let install = std::process::Command::new(&helm)
+        .args(["install", "ha"])
+        .arg(repo("deploy/helm/selfheal-exporter"))
+        .args(["--namespace", HA, "--kubeconfig"])
+        .arg(cluster.kubeconfig())
+        .args([
+            "--set",
+            "replicas=2",
+            "--set",
+            "leaderElection.enabled=true",
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .output()
+        .expect("running helm install");
+    assert!(
+        install.status.success(),
+        "helm install: {}\n{}",
+        String::from_utf8_lossy(&install.stderr),
+        String::from_utf8_lossy(
+            &cluster
+                .try_kubectl(&["describe", "pods", "-n", HA], None)
+                .stdout
+        )
+    );
+    let holder = || {
+        cluster
+            .try_kubectl(
+                &[
+                    "get",
+                    "lease",
+                    LEASE,
+                    "-n",
+                    HA,
+                    "-o",
+                    "jsonpath={.spec.holderIdentity}",
+                ],
+                None,
+            )
+            .stdout
+    };
+    let holder = || String::from_utf8_lossy(&holder()).trim().to_owned();
+    let selector = "app.kubernetes.io/instance=ha";
+    // The holder has the crasher's series, the standby has none; both ready.
+    let exporting = |pod: &Value| {
+        metrics_addr(pod)
+            .and_then(|addr| get(addr, "/metrics"))
+            .is_some_and(|(_, body)| body.contains("container=\"crasher\""))
+    };
+    let ready = |pod: &Value| {
+        metrics_addr(pod)
+            .and_then(|addr| get(addr, "/readyz"))
+            .map(|(status, _)| status)
+            == Some(200)
+    };
+    let mut first = String::new();
+    wait_until(
+        "one Lease holder of two ready replicas, the only one exporting",
+        60,
+        || {
+            let all = pods(cluster, HA, selector);
+            first = holder();
+            all.len() == 2
+                && all.iter().all(ready)
+                && all
+                    .iter()
+                    .all(|pod| exporting(pod) == (pod["metadata"]["name"] == first.as_str()))
+        },
+        || {
+            format!(
+                "holder {:?}; pods {:#}",
+                holder(),
+                Value::from(pods(cluster, HA, selector))
+            )
+        },
+    );
+    eprintln!("helm: two replicas ready, Lease held by {first}, the standby exports nothing");
+
+    let deleted = Instant::now();
+    cluster.kubectl(&["delete", "pod", &first, "-n", HA, "--wait=false"], None);
+    let mut second = String::new();
+    wait_until(
+        "the standby takes the Lease when the holder's pod is deleted",
+        60,
+        || {
+            second = holder();
+            !second.is_empty() && second != first
+        },
+        || format!("holder {:?}", holder()),
+    );
+    let handed_over = deleted.elapsed();
+    let new_leader = || {
+        pods(cluster, HA, selector)
+            .into_iter()
+            .find(|pod| pod["metadata"]["name"] == second.as_str())
+            .unwrap_or(Value::Null)
+    };
+    // A pod created after the hand-over: the new leader counts its restarts as the
+    // kubelet does (the crasher's back-off is minutes long by now).
+    cluster.kubectl(&["apply", "-f", "-"], Some(AFTER_HANDOVER));
+    let after = [r#"namespace="workloads""#, r#"container="after""#];
+    let counted = || {
+        metrics_addr(&new_leader())
+            .and_then(|addr| get(addr, "/metrics"))
+            .map(|(_, body)| sum_samples(&body, "selfheal_container_restarts_total", &after))
+            .unwrap_or(0.0)
+    };
+    wait_until(
+        "the new leader counts the restarts of a pod created after it took over",
+        120,
+        || {
+            let restarts = restart_count(cluster, "after-handover");
+            restarts >= 1.0 && counted() == restarts
+        },
+        || {
+            format!(
+                "kubelet restartCount {}, the new leader counted {}; its log:\n{}",
+                restart_count(cluster, "after-handover"),
+                counted(),
+                String::from_utf8_lossy(
+                    &cluster
+                        .try_kubectl(&["logs", "-n", HA, &second], None)
+                        .stdout
+                )
+            )
+        },
+    );
+    eprintln!(
+        "helm: Lease handed from {first} to {second} {:.1} s after the holder's pod was deleted; \
+         the new leader counted the restarts of a pod created after it (restartCount {})",
+        handed_over.as_secs_f64(),
+        restart_count(cluster, "after-handover")
+    );
 }
