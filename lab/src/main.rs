@@ -75,6 +75,17 @@ enum ClusterAction {
     Down,
     /// Say which components run and whether the node is Ready.
     Status,
+    /// Stop one component (SIGTERM; with --kill SIGKILL, as a crash), e.g. kube-apiserver.
+    Stop {
+        component: String,
+        #[arg(long)]
+        kill: bool,
+    },
+    /// Start a stopped component again as `up` did, and wait until it serves.
+    Start { component: String },
+    /// Compact etcd at its current revision: watches resumed from older resource
+    /// versions get 410 Gone and relist. Prints the revision.
+    Compact,
 }
 
 fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
@@ -129,6 +140,21 @@ fn run_cluster(args: ClusterArgs) -> anyhow::Result<()> {
             for line in &r.leftovers {
                 println!("cluster: LEFT BEHIND {line}");
             }
+        }
+        ClusterAction::Stop { component, kill } => {
+            let ran = cluster::control::stop(&layout, &component, kill)?;
+            println!(
+                "cluster: {component} {}",
+                if ran { "stopped" } else { "was not running" }
+            );
+        }
+        ClusterAction::Start { component } => {
+            cluster::control::start(&layout, &component)?;
+            println!("cluster: {component} started");
+        }
+        ClusterAction::Compact => {
+            let revision = cluster::control::compact_etcd()?;
+            println!("{revision}");
         }
         ClusterAction::Status => {
             let s = cluster::status(&layout);

@@ -7,13 +7,15 @@
 //! concern lives in its own file: [`layout`] (paths), [`pki`] (certificates and
 //! kubeconfigs), [`config`] (containerd and kubelet config files), [`cni`] (pod network),
 //! [`images`] and [`tar`] (OCI archives), [`processes`] (daemons by PID), [`components`]
-//! (command lines and readiness), [`host`] (recorded sysctls and mount propagation) and
-//! [`cleanup`] (teardown, also after a crash).
+//! (command lines and readiness), [`host`] (recorded sysctls and mount propagation),
+//! [`cleanup`] (teardown, also after a crash) and [`control`] (one component stopped,
+//! started or etcd compacted, for fault tests).
 
 pub mod cleanup;
 pub mod cni;
 pub mod components;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod exec;
 pub mod host;

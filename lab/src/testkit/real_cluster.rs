@@ -197,6 +197,22 @@ impl TestCluster {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// `selfheal-lab cluster <args…>` against this cluster (`stop kube-apiserver --kill`,
+    /// `start kube-apiserver`, `compact`); its stdout, or a failure with its stderr.
+    pub fn control(&self, args: &[&str]) -> String {
+        let action = args.first().copied().unwrap_or("status");
+        let out = Self::cluster_cmd(&self.lab, &self.bin, action)
+            .args(&args[1.min(args.len())..])
+            .output()
+            .expect("running selfheal-lab cluster");
+        assert!(
+            out.status.success(),
+            "selfheal-lab cluster {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// `selfheal-lab cluster down`; the guard's own down after it is a no-op.
     pub fn down(&self) -> Output {
         Self::cluster_cmd(&self.lab, &self.bin, "down")
