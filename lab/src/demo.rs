@@ -8,6 +8,12 @@
 //! a live account of every restart, recovery and outage as the daemon reports them, and
 //! at the end the daemon's numbers next to the load generator's ground truth.
 //! Ctrl-C stops everything and leaves no processes or cgroups behind.
+//!
+//! With `--cluster real` the same experiment runs on the real one-node cluster
+//! ([`crate::cluster`]: upstream kube-apiserver, kubelet, containerd, kube-proxy), brought
+//! up for the demo in its own state dirs and down at its end: the manifests are applied
+//! with the real kubectl, the pod runs in containerd under the kubelet's cgroup limit, the
+//! NodePort is kube-proxy's on the node IP, and the daemon watches the real API server.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -19,7 +25,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use crate::apiserver::{ApiServer, ApiServerConfig, NAMESPACES, PODS, SERVICES};
-use crate::http_get::get as http_get;
+use crate::http_get::{get as http_get, get_from};
 use crate::kubelet::{CgroupStatus, Kubelet, KubeletConfig};
 use crate::load::{LoadConfig, LoadReport, run_load};
 use crate::services::ServiceController;
@@ -28,6 +34,29 @@ use crate::services::ServiceController;
 pub const MANIFESTS: &str = include_str!("../manifests/grade-submission.yaml");
 const NAMESPACE: &str = "grade-submission";
 const NODE_PORT: u16 = 31000;
+
+/// Where the experiment runs.
+#[derive(Debug, Clone)]
+pub enum DemoCluster {
+    /// The lab's API server, emulated kubelet and Service proxy in this process (quick).
+    Embedded {
+        /// Where the lab API server listens.
+        api_listen: SocketAddr,
+        /// The kubelet's first restart back-off (the real kubelet's is 10 s).
+        backoff_base: Duration,
+    },
+    /// The real cluster (root).
+    Real {
+        /// The upstream binaries; `None`: what `lab/upstream/build.sh` builds or has
+        /// cached.
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+/// The real cluster's dirs for the demo, apart from `cluster up`'s defaults so that the
+/// demo never tears down a cluster someone brought up by hand.
+const DEMO_STATE_DIR: &str = "/var/lib/selfheal-lab/demo-cluster";
+const DEMO_RUN_DIR: &str = "/run/selfheal-lab-demo";
 
 /// The demo's settings, from `selfheal-lab demo`'s flags.
 #[derive(Debug, Clone)]
@@ -42,10 +71,8 @@ pub struct DemoConfig {
     pub think: Duration,
     /// Where the daemon serves /metrics.
     pub metrics_listen: SocketAddr,
-    /// Where the lab API server listens.
-    pub api_listen: SocketAddr,
-    /// The kubelet's first restart back-off (the real kubelet's is 10 s).
-    pub backoff_base: Duration,
+    /// The embedded lab or the real cluster.
+    pub cluster: DemoCluster,
     /// The selfheal-exporter binary; default: next to this program.
     pub exporter: Option<PathBuf>,
     /// Kubeconfig, daemon config and log go here.
@@ -58,30 +85,124 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.work_dir)
         .with_context(|| format!("cannot create {}", config.work_dir.display()))?;
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The demo reads the daemon on this address: another process there would be read
+    // instead (a clear error now rather than someone else's numbers).
+    std::net::TcpListener::bind(config.metrics_listen).with_context(|| {
+        format!(
+            "--metrics-listen {} is in use (or not this host's): pick another address",
+            config.metrics_listen
+        )
+    })?;
+    match config.cluster.clone() {
+        DemoCluster::Embedded {
+            api_listen,
+            backoff_base,
+        } => run_embedded(&config, &exporter, api_listen, backoff_base).await,
+        DemoCluster::Real { bin_dir } => run_real(&config, &exporter, bin_dir).await,
+    }
+}
 
-    let lab = ApiServer::start(ApiServerConfig {
-        listen: config.api_listen,
-        ..ApiServerConfig::default()
-    })
-    .await
-    .with_context(|| format!("cannot start the lab API server on {}", config.api_listen))?;
-    let kubeconfig = config.work_dir.join("kubeconfig");
-    lab.write_kubeconfig(&kubeconfig)?;
-    let mut kubelet_config = KubeletConfig::for_url(&lab.url())?;
-    kubelet_config.backoff.base = config.backoff_base;
-    let client = kube::Client::try_from(kubelet_config.kube.clone())?;
-    let services = ServiceController::start(client);
-    let kubelet = Kubelet::start(kubelet_config).await?;
-    if let CgroupStatus::Unavailable { reason } = &kubelet.status().cgroups {
-        println!(
-            "WARNING: no memory cgroup ({reason}): memory limits are not enforced, the kernel \
-             will not OOM-kill the API and the demo will show no OOMKills."
+/// The experiment on the real cluster: up, apply, daemon on the host, load through
+/// kube-proxy's NodePort on the node IP, down.
+async fn run_real(
+    config: &DemoConfig,
+    exporter: &Path,
+    bin_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use crate::cluster;
+    let bin = match bin_dir {
+        Some(bin) => bin,
+        None => {
+            println!("building or checking the upstream binaries (lab/upstream/build.sh)…");
+            cluster::build_upstream()?
+        }
+    };
+    let layout = cluster::Layout::new(Path::new(DEMO_STATE_DIR), Path::new(DEMO_RUN_DIR), bin);
+    let lab_binary = std::env::current_exe().context("locating this program")?;
+    println!("bringing up the real cluster ({DEMO_STATE_DIR})…");
+    // Blocking work (processes, kubectl) off the runtime's threads.
+    let up = {
+        let (layout, exporter) = (layout.clone(), exporter.to_path_buf());
+        tokio::task::spawn_blocking(move || cluster::up(&layout, &lab_binary, Some(&exporter)))
+            .await?
+    };
+    let outcome = match up {
+        Ok(report) => real_experiment(config, exporter, &layout, &report.admin_kubeconfig).await,
+        Err(error) => Err(anyhow::Error::new(error).context("cluster up failed")),
+    };
+    println!("bringing the real cluster down…");
+    let down = {
+        let layout = layout.clone();
+        tokio::task::spawn_blocking(move || cluster::down(&layout)).await?
+    };
+    match down {
+        Ok(report) if report.leftovers.is_empty() => {
+            println!("stopped: the cluster is down, nothing left behind");
+        }
+        Ok(report) => println!("WARNING: cluster down left {:?}", report.leftovers),
+        Err(error) => println!("WARNING: cluster down failed: {error}"),
+    }
+    outcome
+}
+
+async fn real_experiment(
+    config: &DemoConfig,
+    exporter: &Path,
+    layout: &crate::cluster::Layout,
+    kubeconfig: &Path,
+) -> anyhow::Result<()> {
+    let manifests = manifests_with_limit(&config.memory_limit)?;
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": manifests});
+    kubectl_apply(&layout.binary("kubectl"), kubeconfig, &list.to_string())?;
+    let node_ip: std::net::IpAddr = crate::cluster::pki::NODE_IP.parse()?;
+    let mut daemon = Daemon::start(exporter, kubeconfig, config, node_ip)?;
+    println!("selfheal-exporter demo: the grade-submission experiment, on the real cluster");
+    print_endpoints(config, kubeconfig, &daemon, node_ip);
+    let node_port = SocketAddr::new(node_ip, NODE_PORT);
+    let outcome = tokio::select! {
+        outcome = experiment(config, node_port, &mut daemon) => outcome,
+        _ = shutdown_signal() => {
+            println!("\ninterrupted: stopping everything");
+            Ok(())
+        }
+    };
+    daemon.stop();
+    outcome
+}
+
+/// `kubectl apply -f -` of `document` (JSON or YAML) with the given kubeconfig.
+fn kubectl_apply(kubectl: &Path, kubeconfig: &Path, document: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut child = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", kubectl.display()))?;
+    child
+        .stdin
+        .take()
+        .context("kubectl's stdin")?
+        .write_all(document.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    apply_manifests(&lab, &config.memory_limit)?;
+    Ok(())
+}
 
-    let mut daemon = Daemon::start(&exporter, &kubeconfig, &config)?;
-    println!("selfheal-exporter demo: the grade-submission experiment, for real");
+fn print_endpoints(
+    config: &DemoConfig,
+    kubeconfig: &Path,
+    daemon: &Daemon,
+    node_ip: std::net::IpAddr,
+) {
     println!("  metrics:  http://{}/metrics", config.metrics_listen);
     println!(
         "  incidents: http://{}/api/v1/incidents",
@@ -93,14 +214,56 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     );
     println!("  daemon log: {}", daemon.log.display());
     println!(
-        "  load:     {} users for {}s at http://127.0.0.1:{NODE_PORT}/grade, limit {}",
+        "  load:     {} users for {}s at http://{node_ip}:{NODE_PORT}/grade, limit {}",
         config.users,
         config.duration.as_secs(),
         config.memory_limit
     );
+}
+
+/// The experiment on the embedded lab.
+async fn run_embedded(
+    config: &DemoConfig,
+    exporter: &Path,
+    api_listen: SocketAddr,
+    backoff_base: Duration,
+) -> anyhow::Result<()> {
+    let lab = ApiServer::start(ApiServerConfig {
+        listen: api_listen,
+        ..ApiServerConfig::default()
+    })
+    .await
+    .with_context(|| format!("cannot start the lab API server on {api_listen}"))?;
+    let kubeconfig = config.work_dir.join("kubeconfig");
+    lab.write_kubeconfig(&kubeconfig)?;
+    let mut kubelet_config = KubeletConfig::for_url(&lab.url())?;
+    kubelet_config.backoff.base = backoff_base;
+    let client = kube::Client::try_from(kubelet_config.kube.clone())?;
+    let services = ServiceController::start(client);
+    let kubelet = Kubelet::start(kubelet_config).await?;
+    if let CgroupStatus::Unavailable { reason } = &kubelet.status().cgroups {
+        println!(
+            "WARNING: no memory cgroup ({reason}): memory limits are not enforced, the kernel \
+             will not OOM-kill the API and the demo will show no OOMKills."
+        );
+    }
+    apply_manifests(&lab, &config.memory_limit)?;
+
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let mut daemon = Daemon::start(exporter, &kubeconfig, config, loopback)?;
+    println!("selfheal-exporter demo: the grade-submission experiment, for real");
+    print_endpoints(config, &kubeconfig, &daemon, loopback);
 
     let outcome = tokio::select! {
-        outcome = experiment(&config, &services, &mut daemon) => outcome,
+        outcome = async {
+            if !services
+                .wait_for_node_port(NODE_PORT, Duration::from_secs(30))
+                .await
+            {
+                bail!("the Service's NodePort {NODE_PORT} did not open");
+            }
+            experiment(config, SocketAddr::new(loopback, NODE_PORT), &mut daemon).await
+        } => outcome,
         _ = shutdown_signal() => {
             println!("\ninterrupted: stopping everything");
             Ok(())
@@ -114,18 +277,14 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<()> {
     outcome
 }
 
+/// Waits for the daemon and the grade API behind `node_port`, drives the load, and
+/// prints the daemon's account next to the load generator's.
 async fn experiment(
     config: &DemoConfig,
-    services: &ServiceController,
+    node_port: SocketAddr,
     daemon: &mut Daemon,
 ) -> anyhow::Result<()> {
     println!("\nwaiting for the pod, the Service and the daemon…");
-    if !services
-        .wait_for_node_port(NODE_PORT, Duration::from_secs(30))
-        .await
-    {
-        bail!("the Service's NodePort {NODE_PORT} did not open");
-    }
     let port = config.metrics_listen.port();
     wait_until(Duration::from_secs(60), || async {
         matches!(http_get(port, "/readyz").await, Some((200, _)))
@@ -137,8 +296,16 @@ async fn experiment(
             daemon.log.display()
         )
     })?;
-    wait_until(Duration::from_secs(60), || async {
-        matches!(http_get(NODE_PORT, "/healthz").await, Some((200, _)))
+    // What answered must be our daemon, not another process on the port: one that cannot
+    // listen exits at once.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon.ensure_running()?;
+    // The real kubelet starts the pod within seconds; the first image unpack takes longer.
+    wait_until(Duration::from_secs(120), || async {
+        matches!(
+            get_from(node_port, "/healthz", None, Duration::from_secs(2)).await,
+            Some((200, _))
+        )
     })
     .await
     .context("the grade API did not answer through its Service")?;
@@ -146,7 +313,7 @@ async fn experiment(
 
     let reporter = tokio::spawn(report_incidents(port));
     let mut load = LoadConfig::new(
-        format!("http://127.0.0.1:{NODE_PORT}/grade"),
+        format!("http://{node_port}/grade"),
         config.users,
         config.duration,
     );
@@ -311,12 +478,29 @@ fn metric_sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The experiment's manifests, with `memory_limit` as the pod's request and limit.
+fn manifests_with_limit(memory_limit: &str) -> anyhow::Result<Vec<Value>> {
+    let mut documents: Vec<Value> =
+        serde_saphyr::from_multiple(MANIFESTS).context("the embedded manifests do not parse")?;
+    for document in &mut documents {
+        if document["kind"] == "Pod" {
+            for container in document["spec"]["containers"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+            {
+                container["resources"]["limits"]["memory"] = Value::from(memory_limit);
+                container["resources"]["requests"]["memory"] = Value::from(memory_limit);
+            }
+        }
+    }
+    Ok(documents)
+}
+
 /// Creates the namespace, the pod (with `memory_limit`) and the Service.
 fn apply_manifests(lab: &ApiServer, memory_limit: &str) -> anyhow::Result<()> {
-    let documents: Vec<Value> =
-        serde_saphyr::from_multiple(MANIFESTS).context("the embedded manifests do not parse")?;
     let store = lab.store();
-    for mut document in documents {
+    for document in manifests_with_limit(memory_limit)? {
         let kind = document["kind"].as_str().unwrap_or("").to_owned();
         let namespace = document["metadata"]["namespace"]
             .as_str()
@@ -324,17 +508,7 @@ fn apply_manifests(lab: &ApiServer, memory_limit: &str) -> anyhow::Result<()> {
             .to_owned();
         let result = match kind.as_str() {
             "Namespace" => store.create(&NAMESPACES, "", document),
-            "Pod" => {
-                for container in document["spec"]["containers"]
-                    .as_array_mut()
-                    .into_iter()
-                    .flatten()
-                {
-                    container["resources"]["limits"]["memory"] = Value::from(memory_limit);
-                    container["resources"]["requests"]["memory"] = Value::from(memory_limit);
-                }
-                store.create(&PODS, &namespace, document)
-            }
+            "Pod" => store.create(&PODS, &namespace, document),
             "Service" => store.create(&SERVICES, &namespace, document),
             other => bail!("the demo does not know how to apply a {other}"),
         };
@@ -369,12 +543,21 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(exporter: &Path, kubeconfig: &Path, config: &DemoConfig) -> anyhow::Result<Daemon> {
+    /// The daemon against `kubeconfig`, probing discovered Services through their
+    /// NodePort on `node_address` (the lab's loopback, or the real cluster's node IP).
+    fn start(
+        exporter: &Path,
+        kubeconfig: &Path,
+        config: &DemoConfig,
+        node_address: std::net::IpAddr,
+    ) -> anyhow::Result<Daemon> {
         let config_path = config.work_dir.join("selfheal.toml");
-        // Discovered targets (the annotated Service) are probed through the lab's NodePort.
         std::fs::write(
             &config_path,
-            "[probes]\nservice_address = \"node_port\"\n[metrics]\nattribution_wait = \"2s\"\n",
+            format!(
+                "[probes]\nservice_address = \"node_port\"\nnode_address = \"{node_address}\"\n\
+                 [metrics]\nattribution_wait = \"2s\"\n"
+            ),
         )?;
         let log = config.work_dir.join("selfheal-exporter.log");
         let child = Command::new(exporter)
@@ -391,6 +574,20 @@ impl Daemon {
             .spawn()
             .with_context(|| format!("cannot start {}", exporter.display()))?;
         Ok(Daemon { child, log })
+    }
+
+    /// An error with the end of its log if the daemon has exited.
+    fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            bail!(
+                "the daemon exited ({status}); the end of {}:\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
     }
 
     fn check_alive(&mut self) {

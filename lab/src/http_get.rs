@@ -1,6 +1,8 @@
-//! A minimal HTTP/1.1 GET over loopback, for the demo and the tests that read the
-//! daemon's endpoints (no client library needed for `Connection: close` requests).
+//! A minimal HTTP/1.1 GET over loopback (or the real cluster's node IP, which is this
+//! host's), for the demo and the tests that read the daemon's endpoints (no client
+//! library needed for `Connection: close` requests).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +26,23 @@ pub async fn get_within(
     accept: Option<&str>,
     timeout: Duration,
 ) -> Option<(u16, String)> {
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
+    get_from(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        accept,
+        timeout,
+    )
+    .await
+}
+
+/// Like [`get_within`], from any address (a NodePort on the real cluster's node IP).
+pub async fn get_from(
+    addr: SocketAddr,
+    path: &str,
+    accept: Option<&str>,
+    timeout: Duration,
+) -> Option<(u16, String)> {
+    let connect = tokio::net::TcpStream::connect(addr);
     let mut stream = tokio::time::timeout(Duration::from_secs(2), connect)
         .await
         .ok()?
@@ -33,7 +51,7 @@ pub async fn get_within(
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{accept}Connection: close\r\n\r\n");
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     tokio::time::timeout(timeout, stream.read_to_end(&mut response))

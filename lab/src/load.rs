@@ -94,7 +94,9 @@ pub enum LoadError {
     },
     /// The host does not resolve to loopback addresses only.
     #[error(
-        "{0} is not a loopback address: the lab load generator only targets 127.0.0.0/8 or ::1"
+        "{0} is not an address of this host: the lab load generator only targets loopback \
+         (127.0.0.0/8, ::1) or this host's own addresses (e.g. the real cluster's node IP on \
+         its bridge), never another machine"
     )]
     NotLoopback(String),
     /// The host could not be resolved.
@@ -269,7 +271,7 @@ async fn parse_target(url: &str) -> Result<Target, LoadError> {
             source,
         })?
         .collect();
-    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+    if addrs.is_empty() || addrs.iter().any(|a| !is_this_hosts(a.ip())) {
         return Err(LoadError::NotLoopback(host.to_string()));
     }
     Ok(Target {
@@ -277,6 +279,15 @@ async fn parse_target(url: &str) -> Result<Target, LoadError> {
         host_header: authority.to_string(),
         path: path.to_string(),
     })
+}
+
+/// True for loopback and for the addresses of this host's interfaces (the kernel lets a
+/// socket bind only to those), where traffic never leaves the machine.
+fn is_this_hosts(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback()
+        || (!ip.is_unspecified()
+            && !ip.is_multicast()
+            && std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok())
 }
 
 /// Log-linear latency histogram in microseconds: exact below 128 µs, then
@@ -896,5 +907,15 @@ mod tests {
             parse_target("http://10.1.2.3:80/").await,
             Err(LoadError::NotLoopback(_))
         ));
+    }
+
+    #[test]
+    fn only_this_hosts_addresses_are_targets() {
+        assert!(is_this_hosts("127.0.0.1".parse().unwrap()));
+        assert!(is_this_hosts("::1".parse().unwrap()));
+        // TEST-NET-2: nobody's address here.
+        assert!(!is_this_hosts("198.51.100.7".parse().unwrap()));
+        assert!(!is_this_hosts("0.0.0.0".parse().unwrap()));
+        assert!(!is_this_hosts("224.0.0.1".parse().unwrap()));
     }
 }

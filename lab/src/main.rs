@@ -189,9 +189,11 @@ struct DemoArgs {
     /// Virtual users (the experiment's OOM took 80).
     #[arg(long, default_value_t = 80)]
     users: usize,
-    /// How long the users run, e.g. 90s or 3m.
-    #[arg(long, default_value = "90s", value_parser = selfheal_lab::load::parse_duration)]
-    duration: Duration,
+    /// How long the users run, e.g. 90s or 3m [default: 90s on the embedded lab, 180s on
+    /// the real cluster, where the kubelet enforces the pod's 128m CPU limit and the API
+    /// stores grades about 3 times slower, so its OOM kills come later].
+    #[arg(long, value_parser = selfheal_lab::load::parse_duration)]
+    duration: Option<Duration>,
     /// Memory limit of the grade API (the experiment lowered 64Mi to 48Mi).
     #[arg(long, default_value = "48Mi")]
     memory_limit: String,
@@ -202,12 +204,22 @@ struct DemoArgs {
     /// Where the daemon serves /metrics.
     #[arg(long, default_value = "0.0.0.0:9964")]
     metrics_listen: SocketAddr,
-    /// Where the lab API server listens.
-    #[arg(long, default_value = "127.0.0.1:6443")]
-    api_listen: SocketAddr,
-    /// The kubelet's first restart back-off (the real kubelet's is 10s).
-    #[arg(long, default_value = "10s", value_parser = selfheal_lab::kubelet::parse_duration)]
-    backoff_base: Duration,
+    /// Where it runs: `embedded` (the lab's API server and emulated kubelet in this
+    /// process, quick) or `real` (the upstream cluster of `selfheal-lab cluster`, root,
+    /// brought up for the demo and down at its end).
+    #[arg(long, value_enum, default_value_t = DemoClusterKind::Embedded)]
+    cluster: DemoClusterKind,
+    /// Where the lab API server listens [embedded only; default: 127.0.0.1:6443].
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
+    /// The emulated kubelet's first restart back-off [embedded only; default: 10s, the
+    /// real kubelet's].
+    #[arg(long, value_parser = selfheal_lab::kubelet::parse_duration)]
+    backoff_base: Option<Duration>,
+    /// Directory of the upstream binaries [real only; default: what
+    /// lab/upstream/build.sh prints, building them if needed].
+    #[arg(long, env = "SELFHEAL_UPSTREAM_BIN")]
+    bin_dir: Option<PathBuf>,
     /// The selfheal-exporter binary [default: next to this program].
     #[arg(long)]
     exporter: Option<PathBuf>,
@@ -216,15 +228,55 @@ struct DemoArgs {
     work_dir: PathBuf,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DemoClusterKind {
+    Embedded,
+    Real,
+}
+
 async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    use selfheal_lab::demo::DemoCluster;
+    let cluster = match args.cluster {
+        DemoClusterKind::Embedded => {
+            if args.bin_dir.is_some() {
+                eprintln!("error: --bin-dir applies to --cluster real only");
+                std::process::exit(2);
+            }
+            DemoCluster::Embedded {
+                api_listen: args
+                    .api_listen
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 6443))),
+                backoff_base: args.backoff_base.unwrap_or(Duration::from_secs(10)),
+            }
+        }
+        DemoClusterKind::Real => {
+            for (flag, given) in [
+                ("--api-listen", args.api_listen.is_some()),
+                ("--backoff-base", args.backoff_base.is_some()),
+            ] {
+                if given {
+                    eprintln!(
+                        "error: {flag} applies to --cluster embedded only (the real cluster's \
+                         API server and kubelet are upstream's)"
+                    );
+                    std::process::exit(2);
+                }
+            }
+            DemoCluster::Real {
+                bin_dir: args.bin_dir,
+            }
+        }
+    };
     selfheal_lab::demo::run(selfheal_lab::demo::DemoConfig {
         users: args.users,
-        duration: args.duration,
+        duration: args.duration.unwrap_or(match args.cluster {
+            DemoClusterKind::Embedded => Duration::from_secs(90),
+            DemoClusterKind::Real => Duration::from_secs(180),
+        }),
         memory_limit: args.memory_limit,
         think: args.think,
         metrics_listen: args.metrics_listen,
-        api_listen: args.api_listen,
-        backoff_base: args.backoff_base,
+        cluster,
         exporter: args.exporter,
         work_dir: args.work_dir,
     })
