@@ -17,7 +17,8 @@
 //! Then the Helm chart, leader-elected with two replicas, in a restricted namespace of its
 //! own: one Lease holder exports, the standby is ready with no workload series, and
 //! deleting the holder's pod hands the Lease over (SIGTERM releases it); the new leader
-//! counts the restarts of a pod created after it took over.
+//! counts the restarts of a pod created after it took over. Then the leader-elected
+//! kustomize overlay: two replicas in the restricted namespace, one Lease holder exporting.
 //!
 //! Needs root, the upstream binaries (`lab/upstream/build.sh`) and the workspace's
 //! binaries (`cargo test --workspace` builds `selfheal-lab` beside this crate's).
@@ -365,6 +366,24 @@ fn kustomize_and_helm_installs_run_in_the_real_cluster_under_restricted_pod_secu
     drop(prometheus);
 
     check_helm_leader_election(&cluster);
+    let helm = HELM.require_path("helm uninstall").expect("helm");
+    let uninstall = std::process::Command::new(&helm)
+        .args([
+            "uninstall",
+            "ha",
+            "--namespace",
+            "selfheal-ha",
+            "--kubeconfig",
+        ])
+        .arg(cluster.kubeconfig())
+        .output()
+        .expect("running helm uninstall");
+    assert!(
+        uninstall.status.success(),
+        "helm uninstall: {}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    check_leader_elected_overlay(&cluster);
     cluster.down_and_check();
 }
 
@@ -383,6 +402,92 @@ fn metrics_addr(pod: &Value) -> Option<SocketAddr> {
     format!("{}:9964", pod["status"]["podIP"].as_str()?)
         .parse()
         .ok()
+}
+
+/// The holder of a Lease (empty if none).
+fn lease_holder(cluster: &TestCluster, namespace: &str, lease: &str) -> String {
+    let out = cluster.try_kubectl(
+        &[
+            "get",
+            "lease",
+            lease,
+            "-n",
+            namespace,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits until the two replicas of `selector` are ready, one holds `lease` and only that
+/// one exports the crasher's series; returns its name.
+fn one_exporting_leader(
+    cluster: &TestCluster,
+    namespace: &str,
+    selector: &str,
+    lease: &str,
+) -> String {
+    let exporting = |pod: &Value| {
+        metrics_addr(pod)
+            .and_then(|addr| get(addr, "/metrics"))
+            .is_some_and(|(_, body)| body.contains("container=\"crasher\""))
+    };
+    let ready = |pod: &Value| {
+        metrics_addr(pod)
+            .and_then(|addr| get(addr, "/readyz"))
+            .map(|(status, _)| status)
+            == Some(200)
+    };
+    let mut holder = String::new();
+    wait_until(
+        "one Lease holder of two ready replicas, the only one exporting",
+        90,
+        || {
+            let all = pods(cluster, namespace, selector);
+            holder = lease_holder(cluster, namespace, lease);
+            all.len() == 2
+                && all.iter().all(ready)
+                && all
+                    .iter()
+                    .all(|pod| exporting(pod) == (pod["metadata"]["name"] == holder.as_str()))
+        },
+        || {
+            format!(
+                "holder {:?}; pods {:#}",
+                lease_holder(cluster, namespace, lease),
+                Value::from(pods(cluster, namespace, selector))
+            )
+        },
+    );
+    holder
+}
+
+/// The leader-elected kustomize overlay in the base's namespace (gone with the base,
+/// created again by the overlay): two replicas, one Lease holder exporting.
+fn check_leader_elected_overlay(cluster: &TestCluster) {
+    cluster.kubectl(
+        &[
+            "wait",
+            "--for=delete",
+            &format!("namespace/{NAMESPACE}"),
+            "--timeout=180s",
+        ],
+        None,
+    );
+    let overlay = repo("deploy/kustomize/overlays/leader-elected");
+    cluster.kubectl(&["apply", "-k", &overlay.to_string_lossy()], None);
+    let holder = one_exporting_leader(
+        cluster,
+        NAMESPACE,
+        "app.kubernetes.io/name=selfheal-exporter",
+        "selfheal-exporter-prober",
+    );
+    eprintln!(
+        "overlays/leader-elected: two replicas ready in the restricted {NAMESPACE}, Lease held \
+         by {holder}, the standby exports nothing"
+    );
 }
 
 /// The Helm chart, leader-elected (two replicas), installed into a restricted namespace
@@ -441,58 +546,10 @@ fn check_helm_leader_election(cluster: &TestCluster) {
                 .stdout
         )
     );
-    let holder = || {
-        cluster
-            .try_kubectl(
-                &[
-                    "get",
-                    "lease",
-                    LEASE,
-                    "-n",
-                    HA,
-                    "-o",
-                    "jsonpath={.spec.holderIdentity}",
-                ],
-                None,
-            )
-            .stdout
-    };
-    let holder = || String::from_utf8_lossy(&holder()).trim().to_owned();
     let selector = "app.kubernetes.io/instance=ha";
-    // The holder has the crasher's series, the standby has none; both ready.
-    let exporting = |pod: &Value| {
-        metrics_addr(pod)
-            .and_then(|addr| get(addr, "/metrics"))
-            .is_some_and(|(_, body)| body.contains("container=\"crasher\""))
-    };
-    let ready = |pod: &Value| {
-        metrics_addr(pod)
-            .and_then(|addr| get(addr, "/readyz"))
-            .map(|(status, _)| status)
-            == Some(200)
-    };
-    let mut first = String::new();
-    wait_until(
-        "one Lease holder of two ready replicas, the only one exporting",
-        60,
-        || {
-            let all = pods(cluster, HA, selector);
-            first = holder();
-            all.len() == 2
-                && all.iter().all(ready)
-                && all
-                    .iter()
-                    .all(|pod| exporting(pod) == (pod["metadata"]["name"] == first.as_str()))
-        },
-        || {
-            format!(
-                "holder {:?}; pods {:#}",
-                holder(),
-                Value::from(pods(cluster, HA, selector))
-            )
-        },
-    );
+    let first = one_exporting_leader(cluster, HA, selector, LEASE);
     eprintln!("helm: two replicas ready, Lease held by {first}, the standby exports nothing");
+    let holder = || lease_holder(cluster, HA, LEASE);
 
     let deleted = Instant::now();
     cluster.kubectl(&["delete", "pod", &first, "-n", HA, "--wait=false"], None);
