@@ -60,6 +60,19 @@
 //!   curve with the series count; the goal is a flat curve after the warm-up (the first
 //!   40 % of the run, at least four retention periods).
 //!
+//! - `ksm10k`, `ksm100k` (`ksm` for both; not part of the default `all`) —
+//!   kube-state-metrics v2.18.0 (`--resources=pods`, its `/metrics` and self-metrics on
+//!   loopback ports, everything else its default) beside the daemon, both against one
+//!   lab loaded with `BENCH_SMALL_PODS` or `BENCH_LARGE_PODS` pods, in the same run so
+//!   the machine's load is the same for both: both sync, then every pod goes through
+//!   `BENCH_UPDATES_PER_POD` updates (one OOMKill cycle) that both watch; each is caught
+//!   up when idle and its `/metrics` shows every update (the daemon's watch applies,
+//!   KSM's `kube_pod_container_status_restarts_total` summing to the restarts
+//!   injected). Peak RSS of both, CPU per 10,000 events (catch-up scrapes left out), one
+//!   timed idle `GET /metrics` each (series, bytes, ms), and the ratios. No periodic
+//!   scrapes for either. KSM's binary comes from `lab/upstream/build.sh --check-ksm`:
+//!   when it is not built the bench fails at once, naming the build command.
+//!
 //! At the end a table lists each goal as met / NOT MET with the numbers.
 //!
 //! Run it (Linux only: it reads `/proc/<pid>/{status,stat}`; all traffic stays on
@@ -71,6 +84,7 @@
 //! BENCH_SCALE_PHASES=drain cargo bench --bench scale                  # one phase
 //! BENCH_SCALE_PHASES=sync100k,scrape BENCH_LARGE_PODS=50000 cargo bench --bench scale
 //! BENCH_SCALE_PHASES=churn BENCH_CHURN_SECS=600 cargo bench --bench scale
+//! BENCH_SCALE_PHASES=ksm cargo bench --bench scale                    # vs kube-state-metrics
 //! ```
 //!
 //! Other knobs: `BENCH_HISTORY` (changes the lab keeps for watch resumption in the
@@ -88,12 +102,13 @@
 //! Files: `main.rs` (signals, the phases in order), `settings` (`BENCH_*`), `goals` (the
 //! goals and the final table), `rig` (the lab and the fleet's updates), `daemon` (the
 //! daemon process, waiting for it to catch up), `scrape` (timed and periodic `/metrics`
-//! reads), one file per phase (`sync`, `drain` with its `proxy`, `churn`).
+//! reads), one file per phase (`sync`, `drain` with its `proxy`, `churn`, `ksm`).
 
 mod churn;
 mod daemon;
 mod drain;
 mod goals;
+mod ksm;
 mod proxy;
 mod rig;
 mod scrape;
@@ -105,13 +120,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use selfheal_lab::testkit::ksm::ksm_binary;
 use selfheal_lab::testkit::procfs::{clock_ticks_per_second, read_status};
 
 use crate::churn::churn_phase;
 use crate::drain::drain_phase;
 use crate::goals::Goals;
+use crate::ksm::ksm_phase;
 use crate::rig::MIB;
-use crate::settings::{ALL_PHASES, Settings};
+use crate::settings::{ALL_PHASES, KSM_PHASES, Settings};
 use crate::sync::{FleetSize, fleet_phase};
 
 /// The daemon's allocator, so that the `serde_json`-alone baseline of the drain phase
@@ -177,10 +194,17 @@ async fn run(settings: &Settings) -> Result<bool> {
         correct: true,
         ..Goals::default()
     };
+    // Before any phase: a missing kube-state-metrics fails the run at once.
+    let ksm = if KSM_PHASES.iter().any(|phase| settings.wants(phase)) {
+        Some(ksm_binary()?)
+    } else {
+        None
+    };
     println!(
         "scale: phases {}; daemon {}; {} CPUs",
         ALL_PHASES
             .iter()
+            .chain(KSM_PHASES.iter())
             .filter(|phase| settings.wants(phase)
                 || (**phase == "sync100k" && settings.wants("scrape")))
             .copied()
@@ -200,6 +224,15 @@ async fn run(settings: &Settings) -> Result<bool> {
     }
     if settings.wants("churn") {
         churn_phase(settings, clk_tck, &mut goals).await?;
+    }
+    if let Some(binary) = &ksm {
+        println!("scale: kube-state-metrics {}", binary.display());
+        if settings.wants("ksm10k") {
+            ksm_phase(settings, FleetSize::Small, binary, clk_tck, &mut goals).await?;
+        }
+        if settings.wants("ksm100k") {
+            ksm_phase(settings, FleetSize::Large, binary, clk_tck, &mut goals).await?;
+        }
     }
     goals.print();
     if let Ok(status) = read_status(std::process::id()) {

@@ -2,7 +2,7 @@
 //! itself as a guard ([`TestCluster`]: one at a time on this host, brought down when
 //! dropped, also when the test panics), `kubectl` against it, and the daemon run on the
 //! host against its API server ([`HostExporter`]: started with a config, read through
-//! `/metrics`, killed when dropped).
+//! `/metrics`, killed when dropped), and kube-state-metrics' binary ([`ksm_bin`]).
 //!
 //! These are test assertions: every method panics with what went wrong (the command,
 //! its stderr, the component's log) instead of returning an error, as the test would.
@@ -44,6 +44,12 @@ pub fn upstream_bin() -> PathBuf {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     PathBuf::from(stdout.lines().last().unwrap_or_default().trim())
+}
+
+/// The `kube-state-metrics` binary of the upstream build cache (`build.sh --check-ksm`),
+/// or a failure naming the build command.
+pub fn ksm_bin() -> PathBuf {
+    super::ksm::ksm_binary().unwrap_or_else(|error| panic!("{error:#}"))
 }
 
 /// Fails the test unless it runs as root (cgroups, mounts, the bridge).
@@ -314,6 +320,11 @@ impl HostExporter {
             std::thread::sleep(Duration::from_millis(200));
         }
         exporter
+    }
+
+    /// Its process id (for `/proc/PID/status` and `stat`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A GET over HTTP/1.0, so the body ends with the connection (no chunking).
