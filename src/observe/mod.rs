@@ -606,11 +606,17 @@ impl Observer {
             return;
         };
         let involved = &event.involved_object;
-        let container = involved
-            .field_path
-            .as_deref()
-            .and_then(container_of_field_path)
-            .or_else(|| container_of_message(message));
+        // The message first: when the correlator merges Killing Events it patches only
+        // count, lastTimestamp and message of the merged Event, so its fieldPath keeps
+        // naming the container of the first merged kill (seen on the real 1.37 kubelet:
+        // fieldPath spec.containers{c00}, message "(combined from similar events):
+        // Container c06 failed liveness probe…").
+        let container = container_of_message(message).or_else(|| {
+            involved
+                .field_path
+                .as_deref()
+                .and_then(container_of_field_path)
+        });
         let (Some(pod_uid), Some(container)) = (involved.uid.as_deref(), container) else {
             out.push(Observation::Anomaly(Anomaly::MissingField));
             return;
@@ -716,14 +722,17 @@ fn container_of_field_path(field_path: &str) -> Option<&str> {
     (!name.is_empty()).then_some(name)
 }
 
-/// "Container NAME failed liveness probe, will be restarted" → `NAME`, also behind the
-/// prefix the Event correlator writes when it merges similar Events ("(combined from
-/// similar events): Container NAME …").
+/// "Container NAME failed liveness probe, will be restarted" → `NAME`, also for a native
+/// sidecar ("Init container NAME failed liveness probe", kuberuntime_container.go) and
+/// behind the prefix the Event correlator writes when it merges similar Events
+/// ("(combined from similar events): Container NAME …").
 fn container_of_message(message: &str) -> Option<&str> {
     let message = message
         .strip_prefix("(combined from similar events): ")
         .unwrap_or(message);
-    let rest = message.strip_prefix("Container ")?;
+    let rest = message
+        .strip_prefix("Container ")
+        .or_else(|| message.strip_prefix("Init container "))?;
     let (name, _) = rest.split_once(' ')?;
     (!name.is_empty()).then_some(name)
 }

@@ -1247,6 +1247,52 @@ fn a_merged_or_missing_probe_kill_event_never_makes_a_wrong_cause() {
 }
 
 #[test]
+fn kill_messages_name_their_container_for_sidecars_and_merged_events_too() {
+    for (message, container) in [
+        (
+            "Container api failed liveness probe, will be restarted",
+            Some("api"),
+        ),
+        (
+            "Init container shipper failed liveness probe",
+            Some("shipper"),
+        ),
+        (
+            "(combined from similar events): Init container shipper failed liveness probe",
+            Some("shipper"),
+        ),
+        ("Stopping container api", None),
+        ("Container  failed liveness probe", None),
+    ] {
+        assert_eq!(container_of_message(message), container, "{message}");
+    }
+}
+
+#[test]
+fn a_merged_event_is_read_by_its_message_not_its_stale_field_path() {
+    // The real 1.37 kubelet's merged Killing Event after its second occurrence: the
+    // correlator patched count, lastTimestamp and message, so fieldPath still names the
+    // container of the first merged kill (c00) while the message names the one killed now.
+    let mut h = Harness::synced_with(&[with(mk_pod("p", "u"), running(0, true, None))]);
+    let mut merged = liveness_kill("u", "e1", 2, 99);
+    merged.involved_object.field_path = Some("spec.containers{c00}".into());
+    merged.message = Some(
+        "(combined from similar events): Container api failed liveness probe, will be restarted"
+            .into(),
+    );
+    h.event(&merged, 99);
+    h.apply(
+        &with(
+            mk_pod("p", "u"),
+            running(1, true, Some(death("Error", 137, "c0", 100))),
+        ),
+        101,
+    );
+    h.tick(200);
+    assert_eq!(restarts(&h.take()), vec![(Cause::LivenessProbeFailed, 1)]);
+}
+
+#[test]
 fn exits_while_the_pod_is_deleted_are_its_shutdown_not_failures() {
     // A pod with a native sidecar (an init container with restartPolicy Always) being
     // deleted: the app exits 143 on SIGTERM, then the sidecar exits 1, as the kubelet
